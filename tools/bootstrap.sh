@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Sourced by tools/run and tools/test: make .venv with the project and its test extra installed.
+# Reinstalls only when pyproject.toml changed, so repeated calls cost a second.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$root/.venv"
+python=${PYTHON:-python3}
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || { echo "msgprof needs Python 3.11 or newer; $python is $("$python" --version 2>&1)" >&2; exit 1; }
+if [ ! -x "$venv/bin/python" ]; then
+  echo "bootstrap: creating $venv" >&2
+  "$python" -m venv "$venv"
+fi
+stamp="$venv/.msgprof-installed"
+want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "bootstrap: installing msgprof and its dependencies into $venv" >&2
+  "$venv/bin/python" -m pip install --quiet --upgrade pip
+  "$venv/bin/python" -m pip install --quiet -e "$root[test]"
+  echo "$want" > "$stamp"
+fi
+export PATH="$venv/bin:$PATH"
