@@ -1,0 +1,321 @@
+"""The `msgprof` command: one entry point, a subcommand per role.
+
+Option names are a contract: the Snakemake workflow and other tools call these.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from msgprof import __version__
+
+_EPILOG_POINT = """\
+examples:
+  msgprof point --clients 100 --messages 1000 --out results/try/100-1000
+  msgprof point --clients 10000 --messages 10 --ack-after fsync --out /tmp/p --strict
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    """Server options shared by `server` and `point` (same names, same defaults)."""
+    from msgprof.store import ACK_MODES
+
+    p.add_argument(
+        "--ack-after",
+        choices=ACK_MODES,
+        default="write",
+        help="when a message is acknowledged: buffer (in process memory, flushed every "
+        "--flush-interval-ms), write (reached the OS: survives a killed server), fsync "
+        "(fdatasync'd by group commit: survives power loss). Default: %(default)s",
+    )
+    p.add_argument(
+        "--flush-interval-ms",
+        type=_positive_float,
+        default=10.0,
+        help="background flush interval in milliseconds (lazy flushing). Default: %(default)s",
+    )
+    p.add_argument(
+        "--backlog",
+        type=_positive_int,
+        default=1024,
+        help="ZMQ_BACKLOG: pending TCP connections the listen queue holds (the kernel caps it "
+        "at net.core.somaxconn). Default: %(default)s",
+    )
+    p.add_argument(
+        "--max-open-files",
+        type=_positive_int,
+        default=256,
+        help="most queue files the server keeps open at once (LRU). Default: %(default)s",
+    )
+    p.add_argument(
+        "--max-payload-bytes",
+        type=_non_negative_int,
+        default=1 << 20,
+        help="largest payload accepted, in bytes; larger ones get TOO_LARGE. Default: %(default)s",
+    )
+    p.add_argument(
+        "--store",
+        choices=("file", "none"),
+        default="file",
+        help="file: per-client queue files (the real server); none: sequence checks only, no "
+        "storage (to measure protocol cost apart from storage). Default: %(default)s",
+    )
+    p.add_argument(
+        "--rlimit-nofile",
+        type=_positive_int,
+        default=None,
+        help="soft RLIMIT_NOFILE for the server process (descriptors). Default: the hard limit",
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="msgprof",
+        description="Reproducible profiler for a ZeroMQ message-processing server with "
+        "file-backed per-client queues.",
+    )
+    parser.add_argument("--version", action="version", version=f"msgprof {__version__}")
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="log warnings and errors only"
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    srv = sub.add_parser(
+        "server",
+        help="run the message-processing server",
+        description="Run the server: a ROUTER socket that stores each client's messages in its "
+        "own file-backed queue and acknowledges every one. Stops on SIGTERM or SIGINT after "
+        "flushing the queues and writing --stats-out.",
+    )
+    srv.add_argument("--data-dir", type=Path, help="directory of the per-client queues (created)")
+    srv.add_argument(
+        "--ready-file",
+        type=Path,
+        help="written atomically once the server accepts connections: first line the bound "
+        "endpoint (tcp://127.0.0.1:PORT), second line the pid",
+    )
+    srv.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:0",
+        help="endpoint to bind; port 0 picks a free port. Default: %(default)s",
+    )
+    srv.add_argument(
+        "--max-sockets",
+        type=_positive_int,
+        default=1024,
+        help="ZMQ MAX_SOCKETS of the server's context. Default: %(default)s",
+    )
+    srv.add_argument("--stats-out", type=Path, help="final statistics as JSON, written at exit")
+    _add_server_options(srv)
+
+    cli = sub.add_parser(
+        "client",
+        help="run load-generating clients",
+        description="Play many clients from one process: each has its own DEALER socket and "
+        "TCP connection and sends --messages sequenced messages, one in flight, timing setup "
+        "and every round trip. Writes rtt.parquet, clients.parquet and client.json to --out.",
+    )
+    cli.add_argument("--endpoint", required=True, help="server endpoint, e.g. tcp://127.0.0.1:5555")
+    cli.add_argument(
+        "--client-ids",
+        required=True,
+        help="client ids this process plays: a range 1-100, a list 1,5,9 or a mix 1-10,20",
+    )
+    cli.add_argument("--messages", type=_positive_int, required=True, help="messages per client")
+    cli.add_argument(
+        "--payload-bytes", type=_non_negative_int, default=64, help="bytes per payload. Default: %(default)s"
+    )
+    cli.add_argument(
+        "--timeout-s",
+        type=_positive_float,
+        default=5.0,
+        help="seconds to wait for each ack before recording a timeout. Default: %(default)s",
+    )
+    cli.add_argument(
+        "--connect-timeout-s",
+        type=_positive_float,
+        default=30.0,
+        help="seconds for a client's handshake before it counts as not connected. Default: %(default)s",
+    )
+    cli.add_argument(
+        "--deadline-s",
+        type=_positive_float,
+        default=600.0,
+        help="bound on the whole run in seconds; what is unsent then is recorded. Default: %(default)s",
+    )
+    cli.add_argument("--out", type=Path, required=True, help="output directory (created)")
+
+    pnt = sub.add_parser(
+        "point",
+        help="run one sweep point end to end",
+        description="Run one sweep point: start a server on a fresh data directory, start client "
+        "processes that share --clients clients, stop the server, read every queue back and "
+        "check that each acknowledged message is stored exactly once. Writes point.json, "
+        "rtt.parquet, clients.parquet, server.json and logs to --out.",
+        epilog=_EPILOG_POINT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pnt.add_argument("--clients", type=_positive_int, required=True, help="number of clients")
+    pnt.add_argument("--messages", type=_positive_int, required=True, help="messages per client")
+    pnt.add_argument(
+        "--payload-bytes", type=_non_negative_int, default=64, help="bytes per payload. Default: %(default)s"
+    )
+    pnt.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=None,
+        help="client processes sharing the clients. Default: the number of usable cores",
+    )
+    pnt.add_argument(
+        "--timeout-s",
+        type=_positive_float,
+        default=10.0,
+        help="seconds each client waits for an ack before recording a timeout. Default: %(default)s",
+    )
+    pnt.add_argument(
+        "--connect-timeout-s",
+        type=_positive_float,
+        default=60.0,
+        help="seconds for a client's handshake before it counts as not connected. Default: %(default)s",
+    )
+    pnt.add_argument(
+        "--deadline-s",
+        type=_positive_float,
+        default=900.0,
+        help="bound on the whole point in seconds. Default: %(default)s",
+    )
+    pnt.add_argument(
+        "--first-client-id",
+        type=_positive_int,
+        default=1,
+        help="id of the first client; the others follow. Default: %(default)s",
+    )
+    pnt.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the server's queues go (must be new or empty). Default: OUT/queues, "
+        "deleted after verification unless --keep-queues",
+    )
+    pnt.add_argument("--keep-queues", action="store_true", help="keep the queue files after verification")
+    pnt.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 unless the verdict is ok (by default a point that hits a limit is a result, exit 0)",
+    )
+    pnt.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    _add_server_options(pnt)
+    return parser
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from msgprof.server import ServerConfig, serve
+
+    config = ServerConfig(
+        data_dir=args.data_dir,
+        ready_file=args.ready_file,
+        bind=args.bind,
+        store=args.store,
+        ack_after=args.ack_after,
+        flush_interval_ms=args.flush_interval_ms,
+        backlog=args.backlog,
+        max_open_files=args.max_open_files,
+        max_payload_bytes=args.max_payload_bytes,
+        max_sockets=args.max_sockets,
+        rlimit_nofile=args.rlimit_nofile,
+        stats_out=args.stats_out,
+    )
+    config.check()
+    serve(config)
+    return 0
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    from msgprof.client import ClientConfig, parse_client_ids, run_clients
+
+    config = ClientConfig(
+        endpoint=args.endpoint,
+        client_ids=parse_client_ids(args.client_ids),
+        messages=args.messages,
+        payload_bytes=args.payload_bytes,
+        timeout_s=args.timeout_s,
+        connect_timeout_s=args.connect_timeout_s,
+        deadline_s=args.deadline_s,
+    )
+    log = logging.getLogger("msgprof.client")
+    run_clients(config, args.out, progress=log.info)
+    return 0
+
+
+def _cmd_point(args: argparse.Namespace) -> int:
+    from msgprof.point import PointConfig, run_point
+
+    config = PointConfig(
+        clients=args.clients,
+        messages=args.messages,
+        payload_bytes=args.payload_bytes,
+        processes=args.processes,
+        timeout_s=args.timeout_s,
+        connect_timeout_s=args.connect_timeout_s,
+        deadline_s=args.deadline_s,
+        first_client_id=args.first_client_id,
+        data_dir=args.data_dir,
+        keep_queues=args.keep_queues,
+        store=args.store,
+        ack_after=args.ack_after,
+        flush_interval_ms=args.flush_interval_ms,
+        backlog=args.backlog,
+        max_open_files=args.max_open_files,
+        max_payload_bytes=args.max_payload_bytes,
+        rlimit_nofile=args.rlimit_nofile,
+    )
+    result = run_point(config, args.out)
+    if args.strict and result["verdict"] != "ok":
+        return 1
+    return 0
+
+
+_COMMANDS = {"server": _cmd_server, "client": _cmd_client, "point": _cmd_point}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments and run a subcommand; a bad input is one clear line, exit 2."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format=f"%(asctime)s %(name)s[{os.getpid()}] %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return _COMMANDS[args.command](args)
+    except ValueError as err:
+        parser.exit(2, f"msgprof {args.command}: error: {err}\n")
+    except KeyboardInterrupt:
+        return 130

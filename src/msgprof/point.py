@@ -1,0 +1,359 @@
+"""One sweep point end to end: server, client processes, shutdown, verification, verdict.
+
+A point that hits a limit (descriptors, disk, timeouts) is a result, not a crash: it ends with a
+verdict in point.json that names the limit. Every output is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from msgprof import atomic
+from msgprof.verify import verify_queues
+
+log = logging.getLogger("msgprof.point")
+
+#: Seconds the server gets to bind and write its ready file.
+SERVER_START_TIMEOUT_S = 60.0
+#: Seconds the server gets to flush and exit after SIGTERM before it is killed.
+SERVER_STOP_TIMEOUT_S = 120.0
+#: Seconds client processes get beyond their own deadline before they are killed.
+CLIENT_GRACE_S = 30.0
+
+
+@dataclass(frozen=True)
+class PointConfig:
+    """Parameters of one point; recorded verbatim in point.json."""
+
+    clients: int
+    messages: int
+    payload_bytes: int = 64
+    processes: int | None = None
+    timeout_s: float = 10.0
+    connect_timeout_s: float = 60.0
+    deadline_s: float = 900.0
+    first_client_id: int = 1
+    data_dir: Path | None = None
+    keep_queues: bool = False
+    store: str = "file"
+    ack_after: str = "write"
+    flush_interval_ms: float = 10.0
+    backlog: int = 1024
+    max_open_files: int = 256
+    max_payload_bytes: int = 1 << 20
+    rlimit_nofile: int | None = None
+
+    def client_processes(self) -> int:
+        """Processes to start: the option, else the usable cores, never more than clients."""
+        wanted = self.processes or len(os.sched_getaffinity(0))
+        return max(1, min(wanted, self.clients))
+
+
+def split_ids(first: int, count: int, parts: int) -> list[tuple[int, int]]:
+    """Split ids first..first+count-1 into `parts` contiguous inclusive ranges of near-equal size."""
+    ranges = []
+    start = first
+    for k in range(parts):
+        size = count // parts + (1 if k < count % parts else 0)
+        if size:
+            ranges.append((start, start + size - 1))
+            start += size
+    return ranges
+
+
+class _Procs:
+    """Child processes of a point, each with its log file; all are reaped on exit."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self._logs: list[Any] = []
+
+    def start(self, name: str, argv: list[str], log_path: Path) -> subprocess.Popen:
+        log_file = open(log_path, "wb")
+        self._logs.append(log_file)
+        proc = subprocess.Popen(argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def kill_all(self) -> None:
+        for _name, proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for _name, proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for f in self._logs:
+            f.close()
+
+
+def _msgprof() -> list[str]:
+    return [sys.executable, "-m", "msgprof"]
+
+
+def _wait_ready(ready_file: Path, server: subprocess.Popen, timeout_s: float) -> str | None:
+    """The endpoint from the ready file, or None when the server died or never got ready."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if ready_file.exists():
+            return ready_file.read_text().splitlines()[0]
+        if server.poll() is not None:
+            return None
+        time.sleep(0.02)
+    return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _concat_parquet(paths: list[Path]) -> pa.Table | None:
+    tables = [pq.read_table(p) for p in paths if p.exists()]
+    return pa.concat_tables(tables) if tables else None
+
+
+def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
+    """Run the point, write its outputs to `out_dir`, return the point.json document."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    data_dir = Path(config.data_dir) if config.data_dir else out_dir / "queues"
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if config.data_dir is not None:
+            raise ValueError(f"--data-dir {data_dir} is not empty: a point starts on fresh queues")
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+
+    started = time.time()
+    timings: dict[str, float] = {}
+    problems: list[str] = []
+    procs = _Procs()
+    server_stats: dict[str, Any] = {}
+    client_docs: list[dict[str, Any]] = []
+    try:
+        t0 = time.monotonic()
+        server = procs.start("server", _server_argv(config, data_dir, work), out_dir / "server.log")
+        endpoint = _wait_ready(work / "ready", server, SERVER_START_TIMEOUT_S)
+        timings["server_start_s"] = time.monotonic() - t0
+        if endpoint is None:
+            problems.append("server_failed")
+        else:
+            log.info("server ready at %s (%.2f s)", endpoint, timings["server_start_s"])
+            t1 = time.monotonic()
+            clients = _run_clients(config, endpoint, work, out_dir, procs, problems)
+            timings["clients_wall_s"] = time.monotonic() - t1
+            client_docs = [_read_json(work / f"client-{k}" / "client.json") for k in range(clients)]
+            t2 = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            try:
+                code = server.wait(timeout=SERVER_STOP_TIMEOUT_S)
+                if code != 0:
+                    problems.append("server_failed")
+            except subprocess.TimeoutExpired:
+                problems.append("server_hung")
+                server.kill()
+            timings["server_stop_s"] = time.monotonic() - t2
+        server_stats = _read_json(work / "server.json")
+    finally:
+        procs.kill_all()
+
+    rtt = _concat_parquet(sorted(work.glob("client-*/rtt.parquet")))
+    clients_table = _concat_parquet(sorted(work.glob("client-*/clients.parquet")))
+    t3 = time.monotonic()
+    check = verify_queues(data_dir, rtt, config.payload_bytes) if config.store == "file" else None
+    timings["verify_s"] = time.monotonic() - t3
+
+    if rtt is not None:
+        atomic.write_parquet(out_dir / "rtt.parquet", rtt)
+    if clients_table is not None:
+        atomic.write_parquet(out_dir / "clients.parquet", clients_table)
+    if server_stats:
+        atomic.write_json(out_dir / "server.json", server_stats)
+    document = _summarise(config, started, timings, problems, server_stats, client_docs, check)
+    atomic.write_json(out_dir / "point.json", document)
+    if not config.keep_queues:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info(
+        "point %d clients x %d messages: verdict %s, acked %d, lost %d",
+        config.clients,
+        config.messages,
+        document["verdict"],
+        document["acked"],
+        document["lost"],
+    )
+    return document
+
+
+def _server_argv(config: PointConfig, data_dir: Path, work: Path) -> list[str]:
+    argv = _msgprof() + [
+        "server",
+        "--data-dir", str(data_dir),
+        "--ready-file", str(work / "ready"),
+        "--stats-out", str(work / "server.json"),
+        "--store", config.store,
+        "--ack-after", config.ack_after,
+        "--flush-interval-ms", str(config.flush_interval_ms),
+        "--backlog", str(config.backlog),
+        "--max-open-files", str(config.max_open_files),
+        "--max-payload-bytes", str(config.max_payload_bytes),
+    ]  # fmt: skip
+    if config.rlimit_nofile is not None:
+        argv += ["--rlimit-nofile", str(config.rlimit_nofile)]
+    return argv
+
+
+def _run_clients(
+    config: PointConfig,
+    endpoint: str,
+    work: Path,
+    out_dir: Path,
+    procs: _Procs,
+    problems: list[str],
+) -> int:
+    """Start the client processes, wait for them with a bound; return how many were started."""
+    ranges = split_ids(config.first_client_id, config.clients, config.client_processes())
+    started = []
+    for k, (lo, hi) in enumerate(ranges):
+        argv = _msgprof() + [
+            "client",
+            "--endpoint", endpoint,
+            "--client-ids", f"{lo}-{hi}",
+            "--messages", str(config.messages),
+            "--payload-bytes", str(config.payload_bytes),
+            "--timeout-s", str(config.timeout_s),
+            "--connect-timeout-s", str(config.connect_timeout_s),
+            "--deadline-s", str(config.deadline_s),
+            "--out", str(work / f"client-{k}"),
+        ]  # fmt: skip
+        started.append(procs.start(f"client-{k}", argv, out_dir / f"client-{k}.log"))
+    deadline = time.monotonic() + config.deadline_s + CLIENT_GRACE_S
+    for proc in started:
+        try:
+            code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            if code != 0:
+                problems.append("client_failed")
+        except subprocess.TimeoutExpired:
+            problems.append("deadline")
+            proc.kill()
+            proc.wait()
+    return len(started)
+
+
+def _summarise(
+    config: PointConfig,
+    started: float,
+    timings: dict[str, float],
+    problems: list[str],
+    server: dict[str, Any],
+    client_docs: list[dict[str, Any]],
+    check: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Build point.json: parameters, counts, errors by kind and a verdict naming the limit hit."""
+    from collections import Counter
+
+    errors: Counter = Counter()
+    for doc in client_docs:
+        errors.update(doc.get("errors", {}))
+    sent = sum(doc.get("sent", 0) for doc in client_docs)
+    acked = sum(doc.get("acked", 0) for doc in client_docs)
+    connected = sum(doc.get("connected", 0) for doc in client_docs)
+    windows = [
+        (doc["window_start_ns"], doc["window_end_ns"])
+        for doc in client_docs
+        if doc.get("window_start_ns") and doc.get("window_end_ns")
+    ]
+    window_s = (max(w[1] for w in windows) - min(w[0] for w in windows)) / 1e9 if windows else 0.0
+    accept_failed = server.get("connections", {}).get("accept_failed", {})
+    server_replies = server.get("replies", {})
+    lost = check["lost"] if check else 0
+    duplicates = check["duplicates_stored"] if check else 0
+    corrupt = check["corrupt"] if check else 0
+    planned = config.clients * config.messages
+
+    verdict, detail = "ok", "all clients connected, every message acknowledged and stored once"
+    reasons = []
+    if "server_failed" in problems or (not server and config.store == "file"):
+        reasons.append(("server_failed", "the server did not start or did not exit cleanly"))
+    if "server_hung" in problems:
+        reasons.append(("server_hung", "the server did not stop within its bound after SIGTERM"))
+    if accept_failed:
+        reasons.append(("descriptor_limit", f"the server failed to accept connections: {accept_failed}"))
+    if server_replies.get("STORAGE_FULL"):
+        reasons.append(("storage_full", f"{server_replies['STORAGE_FULL']} STORAGE_FULL replies"))
+    if server_replies.get("STORAGE_ERROR"):
+        reasons.append(("storage_error", f"{server_replies['STORAGE_ERROR']} STORAGE_ERROR replies"))
+    if lost or duplicates or corrupt:
+        reasons.append(
+            ("data_loss", f"lost {lost}, stored twice {duplicates}, corrupt {corrupt} acknowledged messages")
+        )
+    if connected < config.clients:
+        reasons.append(("not_connected", f"{config.clients - connected} of {config.clients} clients never connected"))
+    if "deadline" in problems:
+        reasons.append(("deadline", f"clients did not finish within {config.deadline_s} s"))
+    if errors.get("TIMEOUT"):
+        reasons.append(("timeouts", f"{errors['TIMEOUT']} acks did not come within {config.timeout_s} s"))
+    if "client_failed" in problems:
+        reasons.append(("client_failed", "a client process exited with an error (see client-*.log)"))
+    if acked < planned and not reasons:
+        reasons.append(("incomplete", f"{acked} of {planned} messages acknowledged"))
+    if reasons:
+        verdict = reasons[0][0]
+        detail = "; ".join(text for _kind, text in reasons)
+
+    cpu = [doc.get("cpu_utilization", 0.0) for doc in client_docs]
+    return {
+        "verdict": verdict,
+        "verdict_detail": detail,
+        "verdicts": [kind for kind, _text in reasons],
+        "clients": config.clients,
+        "messages": config.messages,
+        "planned": planned,
+        "connected": connected,
+        "sent": sent,
+        "acked": acked,
+        "lost": lost,
+        "duplicates_stored": duplicates,
+        "corrupt": corrupt,
+        "stored_unacked": check["stored_unacked"] if check else 0,
+        "verification": check or {},
+        "errors": dict(errors),
+        "server_rejected": server.get("rejected", {}),
+        "throughput_msgs_per_s": acked / window_s if window_s > 0 else 0.0,
+        "window_s": window_s,
+        "client_processes": len(client_docs),
+        "client_cpu_utilization_max": max(cpu) if cpu else 0.0,
+        "client_saturated": any(doc.get("saturated") for doc in client_docs),
+        "server": {
+            "peak_connections": server.get("connections", {}).get("peak", 0),
+            "accept_failed": accept_failed,
+            "service_ns": server.get("service_ns", {}),
+            "open_fds_at_stop": server.get("open_fds_at_stop"),
+            "rlimit_nofile": server.get("rlimit_nofile"),
+            "disk_bytes": server.get("disk_bytes"),
+        },
+        "timings": timings,
+        "started_unix_s": started,
+        "ended_unix_s": time.time(),
+        "parameters": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+        "client_processes_detail": client_docs,
+    }

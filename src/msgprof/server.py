@@ -1,0 +1,414 @@
+"""The message-processing server: one ROUTER socket, a file-backed queue per client, an ack each.
+
+The loop drains every message that is ready before blocking again, so one `commit` (one write,
+or one fdatasync in `fsync` mode) serves the whole burst: that is what makes group commit work.
+Nothing a peer sends can stop the loop: undecodable frames are counted by kind and dropped,
+readable-but-invalid requests are answered with an error status.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from msgprof import atomic, limits, protocol
+from msgprof.protocol import Rejected, Status, Unanswerable
+from msgprof.store import ACK_MODES, QueueStore, StoreError
+
+log = logging.getLogger("msgprof.server")
+
+STORE_KINDS = ("file", "none")
+#: Messages taken from the socket before one commit: bounds the latency a burst adds.
+MAX_BURST = 1024
+#: How often the loop wakes with no traffic, to notice a stop request (ms).
+IDLE_POLL_MS = 100
+#: Service-time samples kept for quantiles (8 bytes each); later messages are counted only.
+MAX_SERVICE_SAMPLES = 20_000_000
+
+_MONITOR_EVENTS = (
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_ACCEPT_FAILED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `msgprof server` is told; recorded verbatim in its stats."""
+
+    data_dir: Path | None
+    ready_file: Path | None = None
+    bind: str = "tcp://127.0.0.1:0"
+    store: str = "file"
+    ack_after: str = "write"
+    flush_interval_ms: float = 10.0
+    backlog: int = 1024
+    max_open_files: int = 256
+    max_payload_bytes: int = 1 << 20
+    max_sockets: int = 1024
+    rlimit_nofile: int | None = None
+    stats_out: Path | None = None
+
+    def check(self) -> None:
+        """Raise ValueError with a user-facing message for an impossible configuration."""
+        if self.store not in STORE_KINDS:
+            raise ValueError(f"--store must be one of {', '.join(STORE_KINDS)}, not {self.store!r}")
+        if self.store == "file" and self.data_dir is None:
+            raise ValueError("--data-dir is required unless --store none")
+        if self.ack_after not in ACK_MODES:
+            raise ValueError(f"--ack-after must be one of {', '.join(ACK_MODES)}")
+        for name in ("backlog", "max_open_files", "max_sockets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.flush_interval_ms <= 0:
+            raise ValueError("--flush-interval-ms must be positive")
+        if self.max_payload_bytes < 0:
+            raise ValueError("--max-payload-bytes must not be negative")
+        if not self.bind.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"--bind must be a ZeroMQ endpoint like tcp://127.0.0.1:0, not {self.bind!r}")
+
+
+class NullStore:
+    """Sequence bookkeeping with no storage: isolates protocol cost (`--store none`)."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, int] = {}
+        self.recovery: list[Any] = []
+
+    def last_seq(self, client_id: int) -> int:
+        return self._last.get(client_id, 0)
+
+    def append(self, client_id: int, seq: int, payload: bytes) -> None:
+        self._last[client_id] = seq
+
+    def commit(self) -> dict[int, StoreError]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+    def disk_bytes(self) -> int:
+        return 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"clients": len(self._last)}
+
+
+@dataclass
+class Counters:
+    """What the server saw, by kind; written to the stats JSON at exit."""
+
+    received: int = 0
+    stored: int = 0
+    replies: Counter = field(default_factory=Counter)  # by status name
+    rejected: Counter = field(default_factory=Counter)  # by defect kind (answered or not)
+    unanswered: int = 0
+    unroutable: int = 0  # peer gone before its ack could be sent (ROUTER_MANDATORY)
+    reply_dropped_hwm: int = 0
+    connections: int = 0
+    peak_connections: int = 0
+    accepted: int = 0
+    disconnected: int = 0
+    accept_failed: Counter = field(default_factory=Counter)  # by errno name
+    handshake_failed: int = 0
+    bursts: int = 0
+    peak_burst: int = 0
+
+
+class Server:
+    """One ROUTER socket in front of a QueueStore; `run()` serves until `stop()`."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        config.check()
+        self.config = config
+        self.counters = Counters()
+        self._service_ns = array.array("q")
+        self._stopping = False
+        self._started_ns = time.time_ns()
+        self.endpoint: str | None = None
+
+        self.nofile = limits.raise_nofile(config.rlimit_nofile)
+        if config.rlimit_nofile is not None and config.rlimit_nofile < self.nofile[0]:
+            self.nofile = limits.lower_nofile(config.rlimit_nofile)
+        self.store: QueueStore | NullStore
+        if config.store == "none":
+            self.store = NullStore()
+        else:
+            self.store = QueueStore(
+                Path(config.data_dir),
+                ack_after=config.ack_after,
+                flush_interval_ms=config.flush_interval_ms,
+                max_open_files=config.max_open_files,
+            )
+            for cut in self.store.recovery:
+                log.warning("recovery: %s", cut)
+
+        self.ctx = zmq.Context(io_threads=1)
+        self.ctx.set(zmq.MAX_SOCKETS, config.max_sockets)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.BACKLOG, config.backlog)
+        self.router.setsockopt(zmq.LINGER, 1000)
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.router.setsockopt(zmq.SNDHWM, 0)
+        self.monitor = self.router.get_monitor_socket(_MONITOR_EVENTS)
+        self.router.bind(config.bind)
+        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        log.info(
+            "listening on %s: store=%s ack_after=%s flush_interval_ms=%s backlog=%d "
+            "max_open_files=%d max_payload_bytes=%d max_sockets=%d rlimit_nofile=%d/%d somaxconn=%s",
+            self.endpoint,
+            config.store,
+            config.ack_after,
+            config.flush_interval_ms,
+            config.backlog,
+            config.max_open_files,
+            config.max_payload_bytes,
+            config.max_sockets,
+            *self.nofile,
+            _somaxconn(),
+        )
+        if config.ready_file is not None:
+            atomic.write_text(config.ready_file, f"{self.endpoint}\n{os.getpid()}\n")
+
+    # -- control -------------------------------------------------------------------------------
+
+    def stop(self, *_: Any) -> None:
+        """Ask the loop to finish (safe from a signal handler)."""
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Serve until stopped, then flush, close and return the final stats."""
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.monitor, zmq.POLLIN)
+        try:
+            while not self._stopping:
+                ready = dict(poller.poll(IDLE_POLL_MS))
+                if self.monitor in ready:
+                    self._drain_monitor()
+                if self.router in ready:
+                    self._serve_burst()
+        finally:
+            stats = self._shutdown()
+        return stats
+
+    def _serve_burst(self) -> None:
+        """Take every ready message (up to MAX_BURST), commit once, then answer all of them."""
+        router = self.router
+        store = self.store
+        counters = self.counters
+        max_payload = self.config.max_payload_bytes
+        replies: list[tuple[bytes, int, protocol.Header, int]] = []  # identity, status, header, t_recv
+        n = 0
+        while n < MAX_BURST:
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            t_recv = time.perf_counter_ns()
+            n += 1
+            identity = frames[0]
+            try:
+                header, payload = protocol.validate_request(frames[1:], max_payload)
+            except Unanswerable as err:
+                counters.rejected[err.kind] += 1
+                counters.unanswered += 1
+                continue
+            except Rejected as err:
+                counters.rejected[err.kind] += 1
+                replies.append((identity, err.status, err.header, t_recv))
+                continue
+            last = store.last_seq(header.client_id)
+            if header.seq == last + 1:
+                store.append(header.client_id, header.seq, payload)
+                replies.append((identity, Status.OK, header, t_recv))
+            elif header.seq <= last:
+                replies.append((identity, Status.DUPLICATE, header, t_recv))
+            else:
+                counters.rejected["out_of_order"] += 1
+                replies.append((identity, Status.OUT_OF_ORDER, header, t_recv))
+        if n == 0:
+            return
+        counters.received += n
+        counters.bursts += 1
+        if n > counters.peak_burst:
+            counters.peak_burst = n
+        failures = store.commit()
+        self._answer(replies, failures)
+
+    def _answer(
+        self, replies: list[tuple[bytes, int, protocol.Header, int]], failures: dict[int, StoreError]
+    ) -> None:
+        router = self.router
+        counters = self.counters
+        by_status = counters.replies
+        stored = 0
+        for identity, status, header, _t in replies:
+            if status == Status.OK:
+                failure = failures.get(header.client_id) if failures else None
+                if failure is not None:
+                    status = failure.status
+                    counters.rejected[failure.kind] += 1
+                else:
+                    stored += 1
+            try:
+                router.send_multipart(
+                    [identity, protocol.encode_ack(status, header.client_id, header.seq, header.t_send_ns)],
+                    zmq.NOBLOCK,
+                )
+            except zmq.Again:
+                counters.reply_dropped_hwm += 1
+            except zmq.ZMQError as err:
+                if err.errno != zmq.EHOSTUNREACH:
+                    raise
+                counters.unroutable += 1
+            by_status[Status(status).name] += 1
+        counters.stored += stored
+        t_done = time.perf_counter_ns()
+        samples = self._service_ns
+        if len(samples) < MAX_SERVICE_SAMPLES:
+            samples.extend(t_done - t for _i, _s, _h, t in replies)
+
+    def _drain_monitor(self) -> None:
+        counters = self.counters
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind = event["event"]
+            if kind == zmq.EVENT_ACCEPTED:
+                counters.accepted += 1
+                counters.connections += 1
+                if counters.connections > counters.peak_connections:
+                    counters.peak_connections = counters.connections
+            elif kind == zmq.EVENT_DISCONNECTED:
+                counters.disconnected += 1
+                counters.connections = max(0, counters.connections - 1)
+            elif kind == zmq.EVENT_ACCEPT_FAILED:
+                name = _errno_name(event["value"])
+                if not counters.accept_failed:
+                    log.error(
+                        "accept failed (%s): open descriptors %d of soft limit %d",
+                        name,
+                        limits.open_fds(),
+                        self.nofile[0],
+                    )
+                counters.accept_failed[name] += 1
+            else:
+                counters.handshake_failed += 1
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    def _shutdown(self) -> dict[str, Any]:
+        """Stop receiving, make everything durable, close, and write the stats."""
+        self._drain_monitor()
+        fds_at_stop = limits.open_fds()
+        store_stats = self.store.stats()
+        disk_bytes = self.store.disk_bytes()
+        self.store.close()
+        self.monitor.close(linger=0)
+        self.router.close()
+        self.ctx.term()
+        stats = self.stats(store_stats, disk_bytes, fds_at_stop)
+        if self.config.stats_out is not None:
+            atomic.write_json(self.config.stats_out, stats)
+        log.info(
+            "stopped: %d received, %d stored, replies %s, rejected %s",
+            stats["received"],
+            stats["stored"],
+            dict(stats["replies"]),
+            dict(stats["rejected"]),
+        )
+        return stats
+
+    def stats(self, store_stats: dict[str, Any], disk_bytes: int, open_fds: int) -> dict[str, Any]:
+        """The final stats document (also the shape of `--stats-out`)."""
+        c = self.counters
+        return {
+            "endpoint": self.endpoint,
+            "pid": os.getpid(),
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},
+            "started_unix_ns": self._started_ns,
+            "stopped_unix_ns": time.time_ns(),
+            "received": c.received,
+            "stored": c.stored,
+            "replies": dict(c.replies),
+            "rejected": dict(c.rejected),
+            "unanswered": c.unanswered,
+            "unroutable": c.unroutable,
+            "reply_dropped_hwm": c.reply_dropped_hwm,
+            "connections": {
+                "peak": c.peak_connections,
+                "accepted": c.accepted,
+                "disconnected": c.disconnected,
+                "accept_failed": dict(c.accept_failed),
+                "handshake_failed": c.handshake_failed,
+            },
+            "bursts": c.bursts,
+            "peak_burst": c.peak_burst,
+            "service_ns": _quantiles(self._service_ns),
+            "open_fds_at_stop": open_fds,
+            "rlimit_nofile": {"soft": self.nofile[0], "hard": self.nofile[1]},
+            "store": store_stats,
+            "disk_bytes": disk_bytes,
+            "recovery_cuts": [str(cut) for cut in self.store.recovery],
+        }
+
+
+def _quantiles(samples: array.array) -> dict[str, int]:
+    """Exact quantiles of raw samples (numpy), or an empty dict when there are none."""
+    if not samples:
+        return {"count": 0}
+    import numpy as np
+
+    values = np.frombuffer(samples, dtype=np.int64)
+    p50, p90, p99, p999 = np.quantile(values, [0.5, 0.9, 0.99, 0.999], method="inverted_cdf")
+    return {
+        "count": int(values.size),
+        "p50": int(p50),
+        "p90": int(p90),
+        "p99": int(p99),
+        "p999": int(p999),
+        "max": int(values.max()),
+    }
+
+
+def _errno_name(value: int) -> str:
+    import errno
+
+    return errno.errorcode.get(value, str(value))
+
+
+def _somaxconn() -> str:
+    try:
+        return Path("/proc/sys/net/core/somaxconn").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def serve(config: ServerConfig) -> dict[str, Any]:
+    """Run a server in this process until SIGTERM/SIGINT; return its final stats."""
+    server = Server(config)
+    server.install_signal_handlers()
+    return server.run()
