@@ -1,0 +1,635 @@
+"""The file-backed per-client queues: round trips, recovery from damage, handle cap, reader,
+group commit and rollback on a real full filesystem."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from msgprof.protocol import Status
+from msgprof.store import (
+    ACK_MODES,
+    RECORD_HEADER_SIZE,
+    SEGMENT_HEADER_SIZE,
+    CorruptData,
+    QueueReader,
+    QueueStore,
+    StorageFailure,
+    StorageFull,
+    StoreError,
+    encode_record,
+    segment_header,
+    segment_name,
+)
+
+
+def payload(cid: int, seq: int, size: int = 40) -> bytes:
+    return (f"{cid}:{seq}:".encode() * size)[:size]
+
+
+def fill(store: QueueStore, cid: int, upto: int, size: int = 40) -> None:
+    """Append and commit records last_seq+1 .. upto of one client, one commit each."""
+    for seq in range(store.last_seq(cid) + 1, upto + 1):
+        store.append(cid, seq, payload(cid, seq, size))
+        assert store.commit() == {}
+
+
+def stored(root: Path, cid: int) -> list[int]:
+    records = list(QueueReader(root).records(cid, after_seq=0))
+    for rec in records:
+        assert rec.payload == payload(cid, rec.seq, len(rec.payload))
+    return [rec.seq for rec in records]
+
+
+def reopen_and_extend(root: Path, cid: int, last: int, upto: int, **options) -> None:
+    """Reopen: nothing to recover, last_seq as stored, appends go on up to `upto`."""
+    with QueueStore(root, **options) as store:
+        assert store.recovery == []
+        assert store.last_seq(cid) == last
+        assert store.disk_bytes() == segment_bytes_on_disk(root)
+        fill(store, cid, upto)
+    assert stored(root, cid)[-(upto - last) :] == list(range(last + 1, upto + 1))
+
+
+def segments(root: Path, cid: int) -> list[Path]:
+    return sorted((root / str(cid)).glob("*.seg"))
+
+
+def segment_bytes_on_disk(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.glob("*/*.seg"))
+
+
+# ------------------------------------------------------------------------------- round trips
+
+
+@pytest.mark.parametrize("mode", ACK_MODES)
+def test_round_trip(tmp_path: Path, mode: str) -> None:
+    with QueueStore(tmp_path, ack_after=mode, flush_interval_ms=1) as store:
+        for seq in range(1, 21):
+            for cid in (1, 2, 3):
+                store.append(cid, seq, payload(cid, seq))
+            assert store.commit() == {}
+        assert store.last_seq(2) == 20
+        assert store.last_seq(99) == 0
+        assert store.stats()["records"] == 60
+    assert store.disk_bytes() == segment_bytes_on_disk(tmp_path)
+    reader = QueueReader(tmp_path)
+    assert reader.client_ids() == [1, 2, 3]
+    for cid in (1, 2, 3):
+        assert stored(tmp_path, cid) == list(range(1, 21))
+    reopen_and_extend(tmp_path, 3, 20, 25, ack_after=mode)
+    assert stored(tmp_path, 3) == list(range(1, 26))
+
+
+def test_append_checks_sequence_and_ids(tmp_path: Path) -> None:
+    with QueueStore(tmp_path) as store:
+        with pytest.raises(ValueError):
+            store.append(1, 2, b"x")  # must start at 1
+        store.append(1, 1, b"x")
+        assert store.last_seq(1) == 1  # includes appended, uncommitted records
+        with pytest.raises(ValueError):
+            store.append(1, 1, b"x")
+        for bad in (0, -1, 2**31, "1"):
+            with pytest.raises(ValueError):
+                store.append(bad, 1, b"x")  # type: ignore[arg-type]
+        assert store.commit() == {}
+        store.append(1, 2, b"")  # empty payloads are records too
+        assert store.commit() == {}
+    assert [r.payload for r in QueueReader(tmp_path).records(1)] == [b"x", b""]
+
+
+def test_uncommitted_records_are_not_stored(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path)
+    fill(store, 1, 3)
+    store.append(1, 4, b"never acknowledged")
+    store.close()
+    store.close()  # idempotent
+    with pytest.raises(StoreError):
+        store.commit()
+    assert stored(tmp_path, 1) == [1, 2, 3]
+
+
+def test_one_store_per_directory(tmp_path: Path) -> None:
+    with QueueStore(tmp_path), pytest.raises(StorageFailure):
+        QueueStore(tmp_path)
+    QueueStore(tmp_path).close()  # free again once closed
+
+
+def test_segments_roll(tmp_path: Path) -> None:
+    record = RECORD_HEADER_SIZE + 40
+    with QueueStore(tmp_path, segment_bytes=SEGMENT_HEADER_SIZE + 3 * record) as store:
+        for seq in range(1, 11):
+            store.append(7, seq, payload(7, seq))
+            assert store.commit() == {}
+        assert store.stats()["segments_created"] == 4
+    names = [p.name for p in segments(tmp_path, 7)]
+    assert names == [segment_name(s) for s in (1, 4, 7, 10)]
+    assert stored(tmp_path, 7) == list(range(1, 11))
+    assert (tmp_path / "7" / names[0]).read_bytes()[:SEGMENT_HEADER_SIZE] == segment_header(7, 1)
+    reopen_and_extend(tmp_path, 7, 10, 12, segment_bytes=SEGMENT_HEADER_SIZE + 3 * record)
+    assert stored(tmp_path, 7) == list(range(1, 13))
+
+
+def test_record_format_is_the_documented_one(tmp_path: Path) -> None:
+    with QueueStore(tmp_path) as store:
+        store.append(5, 1, b"hello")
+        store.append(5, 2, b"")
+        assert store.commit() == {}
+    data = (tmp_path / "5" / segment_name(1)).read_bytes()
+    expected = segment_header(5, 1) + encode_record(1, b"hello") + encode_record(2, b"")
+    assert data == expected
+    # the example in docs/storage.md
+    assert data[:45].hex(" ") == (
+        "4d 50 51 53 01 00 18 00 05 00 00 00 01 00 00 00 00 00 00 00 c5 13 4d 1f "
+        "05 00 00 00 9c ce d0 22 01 00 00 00 00 00 00 00 68 65 6c 6c 6f"
+    )
+    QueueReader(tmp_path).commit(5, 42)
+    assert (tmp_path / "5" / "committed").read_bytes().hex(" ") == (
+        "4d 50 51 43 01 00 00 00 2a 00 00 00 00 00 00 00 bb fe 46 0c"
+    )
+
+
+# ---------------------------------------------------------------------------------- recovery
+
+
+def test_torn_tail_at_every_offset(tmp_path: Path) -> None:
+    """Cut the newest segment at every byte offset, from inside its header to inside its last
+    record: recovery keeps every complete record, last_seq follows, appends continue."""
+    src = tmp_path / "src"
+    record = RECORD_HEADER_SIZE + 10
+    with QueueStore(src, segment_bytes=SEGMENT_HEADER_SIZE + 2 * record) as store:
+        for seq in range(1, 5):
+            store.append(1, seq, payload(1, seq, 10))
+            assert store.commit() == {}
+    _, newest = segments(src, 1)  # records 1-2 and 3-4
+    full = newest.read_bytes()
+    assert len(full) == SEGMENT_HEADER_SIZE + 2 * record
+    rec4 = SEGMENT_HEADER_SIZE + record
+    for size in range(len(full)):
+        root = tmp_path / f"cut{size}"
+        shutil.copytree(src, root)
+        target = root / "1" / newest.name
+        target.write_bytes(full[:size])
+        expected = 2 if size < rec4 else 3
+        with QueueStore(root) as store:
+            assert store.last_seq(1) == expected, size
+            cuts = store.recovery
+            if size < SEGMENT_HEADER_SIZE:
+                assert [(c.reason, c.offset, c.bytes_cut) for c in cuts] == [
+                    ("torn_header", 0, size)
+                ]
+                assert target.read_bytes() == segment_header(1, 3)  # rewritten from its name
+            elif size in (SEGMENT_HEADER_SIZE, rec4):
+                assert cuts == []  # ends on a record boundary: nothing to cut
+            else:
+                boundary = SEGMENT_HEADER_SIZE if size < rec4 else rec4
+                assert [(c.reason, c.offset, c.bytes_cut) for c in cuts] == [
+                    ("incomplete_record", boundary, size - boundary)
+                ]
+                assert (cuts[0].client_id, cuts[0].path) == (1, target)
+            assert store.disk_bytes() == segment_bytes_on_disk(root)
+            fill(store, 1, 5, size=10)
+        with QueueStore(root) as store:
+            assert store.recovery == []
+        assert stored(root, 1) == [1, 2, 3, 4, 5], size
+        shutil.rmtree(root)
+
+
+@pytest.mark.parametrize("field", ["length", "crc", "seq", "payload"])
+def test_flipped_byte_mid_segment(tmp_path: Path, field: str) -> None:
+    record = RECORD_HEADER_SIZE + 40
+    with QueueStore(tmp_path, segment_bytes=SEGMENT_HEADER_SIZE + 20 * record) as store:
+        fill(store, 1, 25)  # segment 1: records 1..20, segment 21: records 21..25
+        fill(store, 2, 25)
+    seg1, seg21 = segments(tmp_path, 1)
+    damaged = SEGMENT_HEADER_SIZE + 9 * record  # record 10
+    offset = damaged + {"length": 2, "crc": 5, "seq": 8, "payload": 30}[field]
+    data = bytearray(seg1.read_bytes())
+    data[offset] ^= 0x40
+    seg1.write_bytes(bytes(data))
+
+    with QueueStore(tmp_path) as store:
+        assert store.last_seq(1) == 9
+        assert store.last_seq(2) == 25  # other clients untouched
+        cut, moved = store.recovery
+        assert (cut.client_id, cut.path, cut.offset) == (1, seg1, damaged)
+        assert cut.bytes_cut == 20 * record - 9 * record
+        assert cut.reason in ("bad_checksum", "incomplete_record")
+        assert (moved.path, moved.reason, moved.offset) == (seg21, "after_damage", 0)
+        assert not seg21.exists()
+        assert (tmp_path / ".quarantine" / "1" / seg21.name).exists()
+        fill(store, 1, 12)
+    assert stored(tmp_path, 1) == list(range(1, 13))
+    with QueueStore(tmp_path) as store:
+        assert store.recovery == []
+
+
+def test_damaged_segment_header_is_moved_aside(tmp_path: Path) -> None:
+    with QueueStore(tmp_path, segment_bytes=50) as store:
+        fill(store, 1, 4)  # one record per segment
+    segs = segments(tmp_path, 1)
+    data = bytearray(segs[2].read_bytes())
+    data[13] ^= 1  # first_seq in the header: its CRC no longer matches
+    segs[2].write_bytes(bytes(data))
+    with QueueStore(tmp_path) as store:
+        assert [(c.path, c.reason) for c in store.recovery] == [
+            (segs[2], "bad_header"),
+            (segs[3], "after_damage"),
+        ]
+        assert store.last_seq(1) == 2
+    assert stored(tmp_path, 1) == [1, 2]
+
+
+def test_unsupported_format_version_is_not_touched(tmp_path: Path) -> None:
+    import struct
+    import zlib
+
+    head = struct.pack("<4sHHIQ", b"MPQS", 2, 24, 1, 1)
+    path = tmp_path / "1" / segment_name(1)
+    path.parent.mkdir()
+    path.write_bytes(head + struct.pack("<I", zlib.crc32(head)) + b"future data")
+    with pytest.raises(StorageFailure, match="version 2"):
+        QueueStore(tmp_path)
+    assert path.stat().st_size == 24 + 11
+
+
+def test_deleted_middle_segment(tmp_path: Path) -> None:
+    with QueueStore(tmp_path, segment_bytes=SEGMENT_HEADER_SIZE + 3 * 56) as store:
+        fill(store, 4, 9)  # segments 1-3, 4-6, 7-9
+    _, middle, last = segments(tmp_path, 4)
+    middle.unlink()
+    with QueueStore(tmp_path) as store:
+        assert store.last_seq(4) == 9
+        (gap,) = store.recovery
+        assert (gap.client_id, gap.path, gap.reason, gap.bytes_cut) == (4, last, "seq_gap", 0)
+        assert "4..6" in gap.detail
+        fill(store, 4, 10)
+    assert stored(tmp_path, 4) == [1, 2, 3, 7, 8, 9, 10]
+
+
+def test_empty_client_dirs_and_stray_files(tmp_path: Path) -> None:
+    (tmp_path / "7").mkdir()  # a client without segments
+    (tmp_path / "8").mkdir()
+    (tmp_path / "8" / "notes.txt").write_text("x")
+    (tmp_path / "8" / "123.seg").write_text("x")  # not a 20-digit name
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "007").mkdir()  # not the canonical spelling of an id
+    (tmp_path / "README").write_text("x")
+    with QueueStore(tmp_path) as store:
+        strays = {(c.client_id, c.path.name) for c in store.recovery}
+        assert {c.reason for c in store.recovery} == {"stray_file"}
+        assert strays == {(8, "notes.txt"), (8, "123.seg"), (None, "junk"), (None, "007"),
+                          (None, "README")}  # fmt: skip
+        assert store.last_seq(7) == 0 and store.stats()["clients"] == 2
+        fill(store, 7, 2)
+        fill(store, 8, 1)
+    assert (tmp_path / "8" / "notes.txt").read_text() == "x"  # reported, never deleted
+    assert QueueReader(tmp_path).client_ids() == [7, 8]
+    assert stored(tmp_path, 7) == [1, 2]
+
+
+def test_write_mode_survives_a_killed_process(tmp_path: Path) -> None:
+    code = f"""
+import os, signal
+from pathlib import Path
+from msgprof.store import QueueStore
+store = QueueStore(Path({str(tmp_path)!r}), ack_after="write")
+for seq in range(1, 101):
+    store.append(1, seq, b"m" * 100)
+    assert store.commit() == {{}}
+store.append(1, 101, b"never committed")
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=60, check=False
+    )
+    assert proc.returncode == -9, proc.stderr.decode()
+    with QueueStore(tmp_path) as store:
+        assert store.recovery == [] and store.last_seq(1) == 100
+
+
+# ------------------------------------------------------------------------------ file handles
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("mode", ["write", "fsync"])
+def test_open_handles_stay_under_the_cap(tmp_path: Path, mode: str) -> None:
+    baseline = open_fds()
+    with QueueStore(tmp_path, ack_after=mode, max_open_files=8, sync_threads=2) as store:
+        for seq in range(1, 4):
+            for cid in range(1, 51):
+                store.append(cid, seq, payload(cid, seq))
+            assert store.commit() == {}
+            assert open_fds() - baseline <= 8 + 1  # the segments plus the directory lock
+        stats = store.stats()
+        assert stats["peak_open_handles"] == 8 and stats["open_handles"] <= 8
+        assert stats["handle_evictions"] >= 3 * 50 - 8
+        if mode == "fsync":
+            assert stats["fsyncs"] == 3 * 50  # eviction syncs count as the file's one sync
+    assert open_fds() == baseline
+    for cid in (1, 25, 50):
+        assert stored(tmp_path, cid) == [1, 2, 3]
+
+
+# ----------------------------------------------------------------------------- group commit
+
+
+@pytest.mark.parametrize("max_open_files", [256, 3])
+def test_fsync_mode_group_commit(tmp_path: Path, max_open_files: int) -> None:
+    with QueueStore(tmp_path, ack_after="fsync", max_open_files=max_open_files) as store:
+        fill(store, 1, 1)
+        for cid in range(2, 11):
+            fill(store, cid, 1)  # segment files exist now
+        before = store.stats()["fsyncs"]
+        for seq in range(2, 7):  # five records for each of ten clients, one commit
+            for cid in range(1, 11):
+                store.append(cid, seq, payload(cid, seq))
+        assert store.commit() == {}
+        assert store.stats()["fsyncs"] - before == 10  # one fdatasync per file, not per record
+        assert store.commit() == {}
+        assert store.stats()["fsyncs"] - before == 10  # nothing pending: no sync
+
+
+def test_write_mode_syncs_only_on_flush(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path, ack_after="write", max_open_files=2)
+    for cid in range(1, 6):
+        fill(store, cid, 3)
+    assert store.stats()["fsyncs"] == 0
+    store.close()  # flush: each written file once, open or evicted
+    assert store.stats()["fsyncs"] == 5
+
+
+@pytest.mark.parametrize("max_open_files", [256, 1])
+def test_failed_fdatasync_rolls_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_open_files: int
+) -> None:
+    """A failed fdatasync is reported, never taken for success: that commit's bytes are cut
+    off the file again and last_seq restored. With one handle, client 1's file is synced (and
+    fails) when it is evicted for client 2's write."""
+    store = QueueStore(tmp_path, ack_after="fsync", sync_threads=1, max_open_files=max_open_files)
+    fill(store, 1, 3)
+    fill(store, 2, 3)
+    path = segments(tmp_path, 1)[0]
+    size = path.stat().st_size
+    real = os.fdatasync
+
+    def failing(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", failing)
+    for cid in (1, 2):
+        store.append(cid, 4, payload(cid, 4))
+    failures = store.commit()
+    assert list(failures) == [1]
+    assert isinstance(failures[1], StorageFailure)
+    assert (failures[1].status, failures[1].kind) == (Status.STORAGE_ERROR, "storage_error")
+    assert store.last_seq(1) == 3 and store.last_seq(2) == 4
+    assert path.stat().st_size == size
+    assert store.stats()["rolled_back_records"] == 1
+    monkeypatch.setattr(os, "fdatasync", real)
+    fill(store, 1, 4)  # the client resends: written and synced afresh
+    store.close()
+    assert stored(tmp_path, 1) == [1, 2, 3, 4]
+
+
+def test_client_is_poisoned_when_a_failed_write_cannot_be_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = QueueStore(tmp_path)
+    fill(store, 1, 2)
+    fill(store, 2, 2)
+    path = str(segments(tmp_path, 1)[0])
+    real_write = os.write
+
+    def failing_write(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}") == path:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_write(fd, data)
+
+    def failing_truncate(fd: int, size: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "write", failing_write)
+    monkeypatch.setattr(os, "ftruncate", failing_truncate)
+    store.append(1, 3, b"x")
+    assert isinstance(store.commit()[1], StorageFailure)
+    monkeypatch.undo()
+    assert store.stats()["poisoned_clients"] == 1
+    store.append(1, 3, b"x")
+    assert isinstance(store.commit()[1], StorageFailure)  # refused until reopened
+    fill(store, 2, 3)  # others go on
+    store.close()
+    with QueueStore(tmp_path) as store:
+        assert store.last_seq(1) == 2
+        fill(store, 1, 3)
+
+
+# ------------------------------------------------------------------------------------ reader
+
+
+def test_reader_commit_and_delete_consumed(tmp_path: Path) -> None:
+    with QueueStore(tmp_path, segment_bytes=SEGMENT_HEADER_SIZE + 3 * 56) as store:
+        fill(store, 3, 10)  # segments 1-3, 4-6, 7-9, 10
+    reader = QueueReader(tmp_path)
+    assert reader.committed(3) == 0
+    assert [r.seq for r in reader.records(3)] == list(range(1, 11))
+    assert [r.seq for r in reader.records(3, after_seq=5)] == list(range(6, 11))
+    rec = next(reader.records(3, after_seq=4))
+    assert rec.path.name == segment_name(4) and rec.offset == SEGMENT_HEADER_SIZE + 56
+    reader.commit(3, 5)
+    assert QueueReader(tmp_path).committed(3) == 5
+    assert [r.seq for r in reader.records(3)] == list(range(6, 11))
+    assert not (tmp_path / "3" / "committed.tmp").exists()
+    assert reader.delete_consumed(3) == 1  # only 1-3 is fully consumed
+    reader.commit(3, 10)
+    assert reader.delete_consumed(3) == 2  # never the newest segment
+    assert [p.name for p in segments(tmp_path, 3)] == [segment_name(10)]
+    assert list(reader.records(3)) == []
+    with QueueStore(tmp_path) as store:  # the store continues after deleted segments
+        assert store.recovery == [] and store.last_seq(3) == 10
+        fill(store, 3, 11)
+    assert [r.seq for r in reader.records(3)] == [11]
+    with pytest.raises(ValueError):
+        reader.commit(99, 1)
+
+
+def test_reader_stops_at_a_torn_tail_and_reports_damage(tmp_path: Path) -> None:
+    with QueueStore(tmp_path, segment_bytes=SEGMENT_HEADER_SIZE + 3 * 56) as store:
+        fill(store, 1, 5)
+    first, newest = segments(tmp_path, 1)
+    with open(newest, "ab") as f:
+        f.write(encode_record(6, payload(1, 6))[:30])  # a write in progress
+    assert stored(tmp_path, 1) == [1, 2, 3, 4, 5]
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 1
+    first.write_bytes(bytes(data))
+    with pytest.raises(CorruptData):
+        stored(tmp_path, 1)
+
+
+# ------------------------------------------------------------------------------- buffer mode
+
+
+def test_buffer_mode_flushes_in_the_background(tmp_path: Path) -> None:
+    with QueueStore(tmp_path, ack_after="buffer", flush_interval_ms=5) as store:
+        fill(store, 1, 10)
+        deadline = time.monotonic() + 5
+        while store.stats()["buffered_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert store.stats()["buffered_bytes"] == 0
+        assert stored(tmp_path, 1) == list(range(1, 11))
+        assert store.stats()["fsyncs"] >= 1
+
+
+def test_buffer_mode_backpressure_writes_synchronously(tmp_path: Path) -> None:
+    with QueueStore(
+        tmp_path, ack_after="buffer", flush_interval_ms=60_000, max_buffer_bytes=1000
+    ) as store:
+        for seq in range(1, 40):
+            fill(store, 1, seq)
+            assert store.stats()["buffered_bytes"] <= 1000
+        assert store.disk_bytes() > 0  # written by commit, not by the (idle) flusher
+
+
+# ------------------------------------------------------------------- full disk (real tmpfs)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path):
+    """A 256 KiB tmpfs, so ENOSPC is real. Needs root."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill_disk(path: Path) -> None:
+    """Write `path` until the filesystem is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                os.write(fd, b"\0" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                break
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("mode", ["write", "fsync"])
+def test_disk_full_rolls_back_and_recovers(tiny_fs: Path, mode: str) -> None:
+    root = tiny_fs / "queues"
+    store = QueueStore(root, ack_after=mode)
+    fill(store, 1, 5)
+    fill(store, 2, 5)
+    seg1 = segments(root, 1)[0]
+    size1 = seg1.stat().st_size
+    fill_disk(tiny_fs / "filler")
+
+    # 20 KB does not fit: the write stops short (slack of the file's last page) or fails at
+    # once, and either way nothing of it may stay. Client 2's small record fits in its slack.
+    store.append(1, 6, payload(1, 6, 20_000))
+    store.append(2, 6, payload(2, 6))
+    store.append(3, 1, payload(3, 1))  # a new client needs a new file: no room for it either
+    failures = store.commit()
+    assert sorted(failures) == [1, 3]
+    assert segments(root, 3) == []
+    err = failures[1]
+    assert isinstance(err, StorageFull)
+    assert (err.status, err.kind) == (Status.STORAGE_FULL, "storage_full")
+    assert store.last_seq(1) == 5 and store.last_seq(2) == 6 and store.last_seq(3) == 0
+    assert seg1.stat().st_size == size1
+    assert store.stats()["flush_errors"] == {"storage_full": 2}
+    assert store.stats()["rolled_back_records"] == 2
+    store.close()
+
+    with QueueStore(root, ack_after=mode) as store:
+        assert store.recovery == []  # no partial record was left behind
+        assert store.last_seq(1) == 5
+        (tiny_fs / "filler").unlink()
+        store.append(1, 6, payload(1, 6, 20_000))
+        assert store.commit() == {}
+    assert stored(root, 1) == [1, 2, 3, 4, 5, 6]
+    assert stored(root, 2) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.root
+def test_disk_full_in_buffer_mode(tiny_fs: Path) -> None:
+    root = tiny_fs / "queues"
+    store = QueueStore(root, ack_after="buffer", flush_interval_ms=2)
+
+    def wait_for(condition) -> None:
+        deadline = time.monotonic() + 10
+        while not condition() and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert condition()
+
+    fill(store, 1, 3)
+    fill(store, 2, 3)
+    wait_for(lambda: store.stats()["buffered_bytes"] == 0)
+    fill_disk(tiny_fs / "filler")
+
+    fill(store, 1, 4, size=20_000)  # acknowledged: it is in the buffer
+    wait_for(lambda: store.stats()["flush_errors"].get("storage_full", 0) >= 1)  # background
+    with pytest.raises(StorageFull):
+        store.flush()  # also waits for the background round to finish
+    assert store.stats()["buffered_bytes"] > 0  # kept, retried every interval
+    store.append(1, 5, b"more")
+    failures = store.commit()
+    assert isinstance(failures.get(1), StorageFull)  # refused while its buffer cannot be written
+    assert store.last_seq(1) == 4
+    fill(store, 2, 4)  # other clients go on
+
+    (tiny_fs / "filler").unlink()
+    wait_for(lambda: store.stats()["buffered_bytes"] == 0)  # the flusher's retry succeeds
+    fill(store, 1, 5)  # accepted again
+    store.close()
+    assert stored(root, 1) == [1, 2, 3, 4, 5]
+    assert stored(root, 2) == [1, 2, 3, 4]
+    with QueueStore(root) as store:
+        assert store.recovery == []
+
+
+def test_torn_header_keeps_the_sequence_after_consumed_segments_are_deleted(
+    tmp_path: Path,
+) -> None:
+    """A crash while starting a segment, after the reader deleted every older one: the name
+    still says which seq comes next."""
+    with QueueStore(tmp_path, segment_bytes=SEGMENT_HEADER_SIZE + 2 * 56) as store:
+        fill(store, 1, 4)  # segments 1-2, 3-4
+    reader = QueueReader(tmp_path)
+    reader.commit(1, 4)
+    newest = tmp_path / "1" / segment_name(5)
+    newest.write_bytes(segment_header(1, 5)[:10])  # the start of segment 5, torn
+    assert reader.delete_consumed(1) == 2
+    with QueueStore(tmp_path) as store:
+        assert [(c.path, c.reason) for c in store.recovery] == [(newest, "torn_header")]
+        assert store.last_seq(1) == 4
+        fill(store, 1, 5)
+    assert [r.seq for r in reader.records(1)] == [5]
