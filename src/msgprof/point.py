@@ -21,7 +21,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from msgprof import atomic
+from msgprof import atomic, sysinfo
+from msgprof.monitor import ResourceMonitor
 from msgprof.verify import verify_queues
 
 log = logging.getLogger("msgprof.point")
@@ -144,7 +145,9 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     data_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.time()
+    atomic.write_json(out_dir / "limits.json", sysinfo.limits(data_dir))
     timings: dict[str, float] = {}
+    monitor: ResourceMonitor | None = None
     problems: list[str] = []
     procs = _Procs()
     server_stats: dict[str, Any] = {}
@@ -158,6 +161,7 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
             problems.append("server_failed")
         else:
             log.info("server ready at %s (%.2f s)", endpoint, timings["server_start_s"])
+            monitor = ResourceMonitor(server.pid, data_dir).start()
             t1 = time.monotonic()
             clients = _run_clients(config, endpoint, work, out_dir, procs, problems)
             timings["clients_wall_s"] = time.monotonic() - t1
@@ -174,6 +178,8 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
             timings["server_stop_s"] = time.monotonic() - t2
         server_stats = _read_json(work / "server.json")
     finally:
+        if monitor is not None:
+            monitor.stop()
         procs.kill_all()
 
     rtt = _concat_parquet(sorted(work.glob("client-*/rtt.parquet")))
@@ -188,7 +194,11 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
         atomic.write_parquet(out_dir / "clients.parquet", clients_table)
     if server_stats:
         atomic.write_json(out_dir / "server.json", server_stats)
+    resources = monitor.summary() if monitor else {}
+    if monitor is not None:
+        atomic.write_parquet(out_dir / "resources.parquet", monitor.table())
     document = _summarise(config, started, timings, problems, server_stats, client_docs, check)
+    document["server"]["resources"] = resources
     atomic.write_json(out_dir / "point.json", document)
     if not config.keep_queues:
         shutil.rmtree(data_dir, ignore_errors=True)

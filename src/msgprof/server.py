@@ -326,7 +326,11 @@ class Server:
         fds_at_stop = limits.open_fds()
         store_stats = self.store.stats()
         disk_bytes = self.store.disk_bytes()
-        self.store.close()
+        try:
+            self.store.close()
+        except StoreError as err:  # the final flush failed: say so, the stats still get written
+            log.error("final flush failed: %s", err)
+            store_stats["close_error"] = f"{err.kind}: {err}"
         self.monitor.close(linger=0)
         self.router.close()
         self.ctx.term()
