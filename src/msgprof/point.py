@@ -75,7 +75,7 @@ def split_ids(first: int, count: int, parts: int) -> list[tuple[int, int]]:
     return ranges
 
 
-class _Procs:
+class ChildProcesses:
     """Child processes of a point, each with its log file; all are reaped on exit."""
 
     def __init__(self) -> None:
@@ -106,7 +106,7 @@ def _msgprof() -> list[str]:
     return [sys.executable, "-m", "msgprof"]
 
 
-def _wait_ready(ready_file: Path, server: subprocess.Popen, timeout_s: float) -> str | None:
+def wait_ready(ready_file: Path, server: subprocess.Popen, timeout_s: float) -> str | None:
     """The endpoint from the ready file, or None when the server died or never got ready."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -123,6 +123,27 @@ def _read_json(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def read_client_docs(work: Path, processes: int) -> list[dict[str, Any]]:
+    """client.json of each client process (an empty dict for one that wrote none)."""
+    return [_read_json(work / f"client-{k}" / "client.json") for k in range(processes)]
+
+
+def load_window(client_docs: list[dict[str, Any]]) -> tuple[int, float]:
+    """(acked, seconds) over the window from the first send to the last ack of any process.
+
+    All processes stamp the window with CLOCK_MONOTONIC, which is shared on one host.
+    """
+    windows = [
+        (doc["window_start_ns"], doc["window_end_ns"])
+        for doc in client_docs
+        if doc.get("window_start_ns") and doc.get("window_end_ns")
+    ]
+    acked = sum(doc.get("acked", 0) for doc in client_docs)
+    if not windows:
+        return acked, 0.0
+    return acked, (max(w[1] for w in windows) - min(w[0] for w in windows)) / 1e9
 
 
 def _concat_parquet(paths: list[Path]) -> pa.Table | None:
@@ -149,13 +170,13 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     timings: dict[str, float] = {}
     monitor: ResourceMonitor | None = None
     problems: list[str] = []
-    procs = _Procs()
+    procs = ChildProcesses()
     server_stats: dict[str, Any] = {}
     client_docs: list[dict[str, Any]] = []
     try:
         t0 = time.monotonic()
-        server = procs.start("server", _server_argv(config, data_dir, work), out_dir / "server.log")
-        endpoint = _wait_ready(work / "ready", server, SERVER_START_TIMEOUT_S)
+        server = procs.start("server", server_argv(config, data_dir, work), out_dir / "server.log")
+        endpoint = wait_ready(work / "ready", server, SERVER_START_TIMEOUT_S)
         timings["server_start_s"] = time.monotonic() - t0
         if endpoint is None:
             problems.append("server_failed")
@@ -163,9 +184,9 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
             log.info("server ready at %s (%.2f s)", endpoint, timings["server_start_s"])
             monitor = ResourceMonitor(server.pid, data_dir).start()
             t1 = time.monotonic()
-            clients = _run_clients(config, endpoint, work, out_dir, procs, problems)
+            clients = run_client_processes(config, endpoint, work, out_dir, procs, problems)
             timings["clients_wall_s"] = time.monotonic() - t1
-            client_docs = [_read_json(work / f"client-{k}" / "client.json") for k in range(clients)]
+            client_docs = read_client_docs(work, clients)
             t2 = time.monotonic()
             server.send_signal(signal.SIGTERM)
             try:
@@ -214,7 +235,8 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     return document
 
 
-def _server_argv(config: PointConfig, data_dir: Path, work: Path) -> list[str]:
+def server_argv(config: PointConfig, data_dir: Path, work: Path) -> list[str]:
+    """`msgprof server` for this point: ready file and stats in `work`, queues in `data_dir`."""
     argv = _msgprof() + [
         "server",
         "--data-dir", str(data_dir),
@@ -232,15 +254,18 @@ def _server_argv(config: PointConfig, data_dir: Path, work: Path) -> list[str]:
     return argv
 
 
-def _run_clients(
+def run_client_processes(
     config: PointConfig,
     endpoint: str,
     work: Path,
     out_dir: Path,
-    procs: _Procs,
+    procs: ChildProcesses,
     problems: list[str],
 ) -> int:
-    """Start the client processes, wait for them with a bound; return how many were started."""
+    """Start the client processes, wait for them with a bound; return how many were started.
+
+    Process k writes to work/client-k/ and logs to out_dir/client-k.log.
+    """
     ranges = split_ids(config.first_client_id, config.clients, config.client_processes())
     started = []
     for k, (lo, hi) in enumerate(ranges):
@@ -285,14 +310,8 @@ def _summarise(
     for doc in client_docs:
         errors.update(doc.get("errors", {}))
     sent = sum(doc.get("sent", 0) for doc in client_docs)
-    acked = sum(doc.get("acked", 0) for doc in client_docs)
     connected = sum(doc.get("connected", 0) for doc in client_docs)
-    windows = [
-        (doc["window_start_ns"], doc["window_end_ns"])
-        for doc in client_docs
-        if doc.get("window_start_ns") and doc.get("window_end_ns")
-    ]
-    window_s = (max(w[1] for w in windows) - min(w[0] for w in windows)) / 1e9 if windows else 0.0
+    acked, window_s = load_window(client_docs)
     accept_failed = server.get("connections", {}).get("accept_failed", {})
     server_replies = server.get("replies", {})
     lost = check["lost"] if check else 0

@@ -1,0 +1,185 @@
+#!/usr/bin/env python3
+"""Where does the round trip go? Transport floor vs protocol handling vs storage, in one run.
+
+Drives five servers with the same `msgprof client` processes, one after another, in rounds:
+
+  echo     a plain pyzmq ROUTER that turns each request header into an ACK (transport floor)
+  none     `msgprof server --store none` (protocol and sequence checks, no storage)
+  buffer   `msgprof server --ack-after buffer`
+  write    `msgprof server --ack-after write`
+  fsync    `msgprof server --ack-after fsync` (group commit)
+
+and prints median and p99 RTT at 1 client and throughput at 100 clients for each, with ratios to
+the `none` row (the baseline measured in the same run). Medians over rounds damp a noisy machine.
+
+    python benchmarks/transport_overhead.py              # the table, ~2 minutes on 2 cores
+    python benchmarks/transport_overhead.py --markdown   # the same as a Markdown table
+
+Targets checked at the end: write/none RTT ratio <= 1.2, write/none throughput ratio >= 0.9,
+fsync throughput >= 0.5 x write. Exit status 0 either way: this reports, it does not gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import zmq
+
+from msgprof import atomic
+from msgprof.point import (
+    ChildProcesses,
+    PointConfig,
+    load_window,
+    read_client_docs,
+    run_client_processes,
+    server_argv,
+    wait_ready,
+)
+
+TARGETS = ("echo", "none", "buffer", "write", "fsync")
+BASELINE = "none"
+
+
+def serve_echo(ready: Path) -> None:
+    """The transport floor: answer each request by flipping its header's type byte to ACK."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.BACKLOG, 1024)
+    sock.bind("tcp://127.0.0.1:0")
+    atomic.write_text(ready, sock.getsockopt_string(zmq.LAST_ENDPOINT) + "\n")
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    while not stopping:
+        if not sock.poll(100):
+            continue
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            header = frames[1]
+            sock.send_multipart([frames[0], header[:3] + b"\x02" + header[4:]])
+    sock.close(linger=1000)
+    ctx.term()
+
+
+def run_load(target: str, clients: int, messages: int, processes: int, tmp: Path) -> dict:
+    """Start `target`, run the clients against it, stop it; return RTT quantiles and throughput."""
+    work = tmp / "work"
+    work.mkdir(parents=True)
+    config = PointConfig(
+        clients=clients,
+        messages=messages,
+        processes=processes,
+        store="none" if target in ("echo", "none") else "file",
+        ack_after=target if target in ("buffer", "write", "fsync") else "write",
+        timeout_s=10,
+        deadline_s=300,
+    )
+    if target == "echo":
+        argv = [sys.executable, __file__, "--serve-echo", str(work / "ready")]
+    else:
+        argv = server_argv(config, tmp / "queues", work)
+    procs = ChildProcesses()
+    problems: list[str] = []
+    try:
+        server = procs.start("server", argv, tmp / "server.log")
+        endpoint = wait_ready(work / "ready", server, 60)
+        if endpoint is None:
+            raise RuntimeError(f"{target} server did not start: {(tmp / 'server.log').read_text()}")
+        started = run_client_processes(config, endpoint, work, tmp, procs, problems)
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=60)
+    finally:
+        procs.kill_all()
+    if problems:
+        raise RuntimeError(f"{target}: {problems}; see {tmp}")
+    docs = read_client_docs(work, started)
+    acked, window_s = load_window(docs)
+    rtts = []
+    for k in range(started):
+        table = pq.read_table(work / f"client-{k}" / "rtt.parquet", columns=["rtt_ns", "status"])
+        rtts.append(table.filter(pc.equal(table["status"], "OK"))["rtt_ns"].to_numpy())
+    rtt = np.concatenate(rtts)
+    if acked != clients * messages:
+        raise RuntimeError(f"{target}: {acked} of {clients * messages} acked; see {tmp}")
+    return {
+        "p50_us": float(np.quantile(rtt, 0.5)) / 1e3,
+        "p99_us": float(np.quantile(rtt, 0.99)) / 1e3,
+        "msgs_per_s": acked / window_s,
+        "client_cpu": max(doc.get("cpu_utilization", 0.0) for doc in docs),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--serve-echo", metavar="READY_FILE", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all targets (median taken)")
+    parser.add_argument("--rtt-messages", type=int, default=3000, help="messages of the 1-client run")
+    parser.add_argument("--clients", type=int, default=100, help="clients of the throughput run")
+    parser.add_argument("--messages", type=int, default=300, help="messages per client, throughput run")
+    parser.add_argument("--processes", type=int, default=2, help="client processes, throughput run")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    args = parser.parse_args()
+    if args.serve_echo:
+        serve_echo(Path(args.serve_echo))
+        return 0
+
+    results: dict[str, list[dict]] = {t: [] for t in TARGETS}
+    with tempfile.TemporaryDirectory(prefix="msgprof-bench-") as tmpdir:
+        for round_no in range(args.rounds):
+            order = TARGETS if round_no % 2 == 0 else tuple(reversed(TARGETS))
+            for target in order:
+                tmp = Path(tmpdir) / f"{round_no}-{target}"
+                single = run_load(target, 1, args.rtt_messages, 1, tmp / "rtt")
+                many = run_load(target, args.clients, args.messages, args.processes, tmp / "tput")
+                results[target].append(
+                    {"p50_us": single["p50_us"], "p99_us": single["p99_us"],
+                     "msgs_per_s": many["msgs_per_s"], "client_cpu": many["client_cpu"]}
+                )  # fmt: skip
+                print(
+                    f"round {round_no + 1}/{args.rounds} {target:6s} p50 {single['p50_us']:7.1f} us  "
+                    f"p99 {single['p99_us']:7.1f} us  {many['msgs_per_s']:8.0f} msg/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    table = {t: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for t, rows in results.items()}
+    base = table[BASELINE]
+    header = ("server", "RTT p50 µs", "RTT p99 µs", "p50 ratio", f"msg/s @{args.clients}", "tput ratio", "client CPU")
+    lines = []
+    for t in TARGETS:
+        row = table[t]
+        lines.append((t, f"{row['p50_us']:.1f}", f"{row['p99_us']:.1f}", f"{row['p50_us'] / base['p50_us']:.2f}",
+                      f"{row['msgs_per_s']:.0f}", f"{row['msgs_per_s'] / base['msgs_per_s']:.2f}",
+                      f"{row['client_cpu']:.0%}"))  # fmt: skip
+    if args.markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|")
+        for line in lines:
+            print("| " + " | ".join(line) + " |")
+    else:
+        widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+        for line in (header, *lines):
+            print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+    write, fsync = table["write"], table["fsync"]
+    checks = [
+        ("write/none RTT p50 ratio <= 1.2", write["p50_us"] / base["p50_us"] <= 1.2),
+        ("write/none throughput ratio >= 0.9", write["msgs_per_s"] / base["msgs_per_s"] >= 0.9),
+        ("fsync/write throughput ratio >= 0.5", fsync["msgs_per_s"] / write["msgs_per_s"] >= 0.5),
+    ]
+    print(f"\nmedians of {args.rounds} rounds; ratios against '{BASELINE}' measured in this run")
+    for text, ok in checks:
+        print(f"{'met ' if ok else 'MISSED'}  {text}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
