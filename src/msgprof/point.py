@@ -308,11 +308,13 @@ def _summarise(
 
     errors: Counter = Counter()
     for doc in client_docs:
-        errors.update(doc.get("errors", {}))
+        errors.update({kind: n for kind, n in doc.get("errors", {}).items() if n})
     sent = sum(doc.get("sent", 0) for doc in client_docs)
     connected = sum(doc.get("connected", 0) for doc in client_docs)
     acked, window_s = load_window(client_docs)
-    accept_failed = server.get("connections", {}).get("accept_failed", {})
+    connections = server.get("connections", {})
+    accept_failed = connections.get("accept_failed", {})
+    refused = connections.get("refused", 0)
     server_replies = server.get("replies", {})
     lost = check["lost"] if check else 0
     duplicates = check["duplicates_stored"] if check else 0
@@ -325,8 +327,16 @@ def _summarise(
         reasons.append(("server_failed", "the server did not start or did not exit cleanly"))
     if "server_hung" in problems:
         reasons.append(("server_hung", "the server did not stop within its bound after SIGTERM"))
-    if accept_failed:
-        reasons.append(("descriptor_limit", f"the server failed to accept connections: {accept_failed}"))
+    if accept_failed or refused:
+        reasons.append(
+            (
+                "descriptor_limit",
+                f"the server ran out of descriptors for connections (soft RLIMIT_NOFILE "
+                f"{server.get('rlimit_nofile', {}).get('soft')}, at most "
+                f"{connections.get('max_connections')} connections): {refused} connections "
+                f"refused, accept failures {accept_failed or 'none'}",
+            )
+        )
     if server_replies.get("STORAGE_FULL"):
         reasons.append(("storage_full", f"{server_replies['STORAGE_FULL']} STORAGE_FULL replies"))
     if server_replies.get("STORAGE_ERROR"):
@@ -375,6 +385,8 @@ def _summarise(
         "server": {
             "peak_connections": server.get("connections", {}).get("peak", 0),
             "accept_failed": accept_failed,
+            "refused": refused,
+            "max_connections": connections.get("max_connections"),
             "service_ns": server.get("service_ns", {}),
             "open_fds_at_stop": server.get("open_fds_at_stop"),
             "rlimit_nofile": server.get("rlimit_nofile"),

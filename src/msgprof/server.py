@@ -12,6 +12,7 @@ import array
 import logging
 import os
 import signal
+import socket
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,8 @@ STORE_KINDS = ("file", "none")
 MAX_BURST = 1024
 #: How often the loop wakes with no traffic, to notice a stop request (ms).
 IDLE_POLL_MS = 100
+#: Descriptors kept free beyond queue files, connections and the accept burst: logs, libzmq's own.
+FD_RESERVE = 64
 #: Service-time samples kept for quantiles (8 bytes each); later messages are counted only.
 MAX_SERVICE_SAMPLES = 20_000_000
 
@@ -123,6 +126,7 @@ class Counters:
     accepted: int = 0
     disconnected: int = 0
     accept_failed: Counter = field(default_factory=Counter)  # by errno name
+    refused: int = 0  # connections shut at once because the descriptor budget was spent
     handshake_failed: int = 0
     bursts: int = 0
     peak_burst: int = 0
@@ -143,6 +147,18 @@ class Server:
         self.nofile = limits.raise_nofile(config.rlimit_nofile)
         if config.rlimit_nofile is not None and config.rlimit_nofile < self.nofile[0]:
             self.nofile = limits.lower_nofile(config.rlimit_nofile)
+        # Descriptor budget: queue files (LRU cap), one accept burst (up to the listen backlog,
+        # accepted by libzmq before the server hears of it) and a reserve come first;
+        # connections get the rest. A connection past it is shut at once, so the process never
+        # reaches EMFILE, where libzmq's accept loop would spin at 100% CPU.
+        burst = min(config.backlog, _somaxconn_int())
+        self.max_connections = self.nofile[0] - config.max_open_files - burst - FD_RESERVE
+        if self.max_connections < 1:
+            raise ValueError(
+                f"descriptor limit {self.nofile[0]} leaves no room for connections after "
+                f"--max-open-files {config.max_open_files}, the accept burst ({burst}) and "
+                f"{FD_RESERVE} reserved; lower --backlog or --max-open-files, or raise the limit"
+            )
         self.store: QueueStore | NullStore
         if config.store == "none":
             self.store = NullStore()
@@ -169,7 +185,8 @@ class Server:
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info(
             "listening on %s: store=%s ack_after=%s flush_interval_ms=%s backlog=%d "
-            "max_open_files=%d max_payload_bytes=%d max_sockets=%d rlimit_nofile=%d/%d somaxconn=%s",
+            "max_open_files=%d max_payload_bytes=%d max_sockets=%d rlimit_nofile=%d/%d "
+            "max_connections=%d somaxconn=%s",
             self.endpoint,
             config.store,
             config.ack_after,
@@ -179,6 +196,7 @@ class Server:
             config.max_payload_bytes,
             config.max_sockets,
             *self.nofile,
+            self.max_connections,
             _somaxconn(),
         )
         if config.ready_file is not None:
@@ -302,21 +320,45 @@ class Server:
                 counters.connections += 1
                 if counters.connections > counters.peak_connections:
                     counters.peak_connections = counters.connections
+                if counters.connections > self.max_connections:
+                    self._refuse(event["value"])
             elif kind == zmq.EVENT_DISCONNECTED:
                 counters.disconnected += 1
                 counters.connections = max(0, counters.connections - 1)
             elif kind == zmq.EVENT_ACCEPT_FAILED:
                 name = _errno_name(event["value"])
                 if not counters.accept_failed:
-                    log.error(
-                        "accept failed (%s): open descriptors %d of soft limit %d",
-                        name,
-                        limits.open_fds(),
-                        self.nofile[0],
-                    )
+                    log.error("accept failed with %s (soft RLIMIT_NOFILE %d)", name, self.nofile[0])
                 counters.accept_failed[name] += 1
             else:
                 counters.handshake_failed += 1
+
+    def _refuse(self, fd: int) -> None:
+        """Shut an accepted connection that is over the descriptor budget; libzmq then closes it.
+
+        The client sees the connection drop and retries with its reconnect back-off. (The fd
+        comes from the monitor event; were it closed and reused before this runs, another
+        connection would be shut: rare, and only when the server is already over its budget.)
+        """
+        if not self.counters.refused:
+            log.warning(
+                "descriptor limit: more than %d connections (soft RLIMIT_NOFILE %d, %d kept for "
+                "queue files): refusing new connections while over the budget",
+                self.max_connections,
+                self.nofile[0],
+                self.config.max_open_files,
+            )
+        self.counters.refused += 1
+        try:
+            conn = socket.socket(fileno=fd)
+        except OSError:
+            return
+        try:
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            conn.detach()  # the descriptor stays libzmq's to close
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -367,6 +409,8 @@ class Server:
                 "accepted": c.accepted,
                 "disconnected": c.disconnected,
                 "accept_failed": dict(c.accept_failed),
+                "refused": c.refused,
+                "max_connections": self.max_connections,
                 "handshake_failed": c.handshake_failed,
             },
             "bursts": c.bursts,
@@ -402,6 +446,14 @@ def _errno_name(value: int) -> str:
     import errno
 
     return errno.errorcode.get(value, str(value))
+
+
+def _somaxconn_int() -> int:
+    """net.core.somaxconn as a number (4096 when it cannot be read: the modern default)."""
+    try:
+        return int(_somaxconn())
+    except ValueError:
+        return 4096
 
 
 def _somaxconn() -> str:
