@@ -1,0 +1,1008 @@
+"""Load generator: one process, one thread, many closed-loop DEALER clients.
+
+Each client id gets its own `zmq.DEALER` socket and so its own TCP connection, and keeps exactly
+one message in flight: message `seq` is sent only after the ack of `seq - 1` was read (`seq`
+starts at 1). All clients of a process share one event loop, so thousands of clients cost
+descriptors, not threads.
+
+What is measured (all on `time.perf_counter_ns`, which on Linux is CLOCK_MONOTONIC and so
+comparable between the processes of one host):
+
+* ``connect_ns``: from just before ``connect()`` to reading the socket monitor's
+  ``EVENT_HANDSHAKE_SUCCEEDED`` (the ZMTP handshake is done). It is the time the event was
+  *read*, so it is bounded above by ``first_ack_ns`` when the ack happens to be read first.
+* ``first_ack_ns``: from just before ``connect()`` to reading the first reply. With
+  ``start="on_connect"`` (the default) the first message is sent right after ``connect()`` (the
+  DEALER queues it until the connection is up, without waiting for this loop), so the RTT of
+  seq 1 includes the connection setup. With ``start="all_connected"`` every client connects
+  first and all send together once the last handshake is seen (or timed out): setup is then
+  measured without message traffic, all clients are active at once, and seq 1 is a plain
+  round trip (``first_ack_ns`` then includes the wait for the others).
+* ``rtt_ns``: from just before the request is sent to reading its reply.
+
+How a reply settles the message in flight, and what the client does next:
+
+* ``OK`` and ``DUPLICATE`` (already stored, acknowledged again): go on with the next seq.
+* Any other protocol status (``OUT_OF_ORDER``, ``BUSY``, ``STORAGE_FULL``, ...): recorded under
+  its status name, and the client stops; its remaining messages count as not sent.
+* ``MISMATCH`` (the reply names another client id or seq) and ``INVALID_ACK`` (the reply is not
+  a v1 ACK): recorded, and the client stops: its view of the server's state can no longer be
+  trusted, and a next seq would only produce gaps or stale replies.
+* ``TIMEOUT`` (no reply within ``timeout_s``, or still none when ``deadline_s`` passes): recorded
+  with ``rtt_ns = -1``, and the client stops, for the same reason: the server may or may not have
+  stored the message. For the first message the clock starts when the handshake is seen, since
+  a slow connect is judged by ``connect_timeout_s``.
+* A client whose handshake is not seen within ``connect_timeout_s`` is recorded as not connected;
+  the first message it queued never left the process, so it has no row. When no client of the
+  process has connected once one has timed out, the clients not yet started are recorded as not
+  connected without trying (the server is unreachable; trying them in turn would only multiply
+  the wait).
+
+Connects are bounded: at most ``connect_window`` clients are connecting at once (each holds a
+socket monitor, two more descriptors, until its handshake is seen). This keeps a burst of
+connects within the server's listen backlog, and ``connect_ns`` a measure of the server rather
+than of the queue this process made itself. With ``start="on_connect"`` the first clients run,
+and may finish, while the last ones still connect: with thousands of clients and few messages
+each, they are never all active at once (``all_active_start_ns`` is then null). Use
+``start="all_connected"`` to measure a point at its full number of concurrent clients.
+
+Every loop ends: per-message timeouts, the connect timeout and the whole-run deadline bound it, so
+a server that never answers yields TIMEOUT rows and not-connected clients, never a hang.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import gc
+import json
+import math
+import os
+import re
+import resource
+import select
+import struct
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import zmq
+
+from msgprof.payload import payload_for
+from msgprof.protocol import MAX_CLIENT_ID, Status, decode_ack, encode_data
+
+# Status codes of a row: the protocol's statuses keep their wire values; the client adds three.
+TIMEOUT = len(Status)
+MISMATCH = TIMEOUT + 1
+INVALID_ACK = TIMEOUT + 2
+STATUS_NAMES: tuple[str, ...] = (
+    *(Status(v).name for v in range(len(Status))),
+    "TIMEOUT",
+    "MISMATCH",
+    "INVALID_ACK",
+)
+#: Error kinds in client.json, always all present (zeros included) so runs aggregate alike.
+ERROR_KINDS: tuple[str, ...] = (
+    *(n for n in STATUS_NAMES if n not in ("OK", "DUPLICATE")),
+    "not_connected",
+    "not_sent",
+)
+
+#: At most this many ids in one process (a typo such as "1-2000000000" fails early).
+MAX_IDS_PER_PROCESS = 1_000_000
+#: Descriptors a connected client holds: the DEALER's mailbox and its TCP connection.
+FDS_PER_CLIENT = 2
+#: Extra descriptors while connecting: libzmq's monitor PAIR and ours (one mailbox each).
+FDS_PER_CONNECTING = 2
+#: Descriptors kept free for the context's threads, Python, Parquet writing and headroom.
+FD_RESERVE = 64
+#: Send/receive high-water marks: a closed loop needs one; a little room for a chatty server.
+HWM = 16
+
+_OK = int(Status.OK)
+_DUPLICATE = int(Status.DUPLICATE)
+# Plain ints: the hot path would otherwise pay for enum.Flag arithmetic on every message.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_MONITOR_EVENT = struct.Struct("=HI")
+_ID_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+
+
+class CapacityError(RuntimeError):
+    """The clients cannot fit this process's descriptor or socket limits."""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """What one load-generator process plays. Times are seconds."""
+
+    endpoint: str
+    #: Ids this process plays; each gets its own DEALER socket and TCP connection.
+    client_ids: Sequence[int]
+    #: Messages per client (0: connect only, to measure setup time).
+    messages: int
+    payload_bytes: int = 64
+    #: Per message: a reply not seen within this is recorded as TIMEOUT.
+    timeout_s: float = 5.0
+    #: Whole run: when passed, stop; in-flight messages are TIMEOUT, the rest not sent.
+    deadline_s: float = 600.0
+    #: The handshake must be seen within this, else the client is recorded as not connected.
+    connect_timeout_s: float = 10.0
+    #: zmq MAX_SOCKETS for the context; None: sized from the number of clients.
+    max_sockets: int | None = None
+    #: At most this many clients connecting (holding a socket monitor) at once. Measured with
+    #: 5000 clients: the time to connect all is the same for 16..1024, but each client's
+    #: connect_ns grows with the window (queueing behind its own siblings), so keep it small.
+    connect_window: int = 32
+    #: "epoll" (Linux: each socket's ZMQ_FD in one epoll set), "poller" (zmq.Poller) or "auto".
+    event_loop: str = "auto"
+    #: "on_connect": each client sends its first message right after its connect().
+    #: "all_connected": every client connects first; then all connected clients send at once,
+    #: so all of them are active together and setup is measured without message traffic.
+    start: str = "on_connect"
+
+    def __post_init__(self) -> None:
+        ids = tuple(int(i) for i in self.client_ids)
+        object.__setattr__(self, "client_ids", ids)
+        if not ids:
+            raise ValueError("no client ids")
+        bad = [i for i in ids if not 1 <= i <= MAX_CLIENT_ID]
+        if bad:
+            raise ValueError(f"client ids must be 1..{MAX_CLIENT_ID}, got {bad[0]}")
+        if len(set(ids)) != len(ids):
+            raise ValueError("client ids must be unique")
+        if self.messages < 0:
+            raise ValueError(f"messages must be >= 0, got {self.messages}")
+        if self.payload_bytes < 0:
+            raise ValueError(f"payload_bytes must be >= 0, got {self.payload_bytes}")
+        for name in ("timeout_s", "deadline_s", "connect_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.connect_window < 1:
+            raise ValueError(f"connect_window must be >= 1, got {self.connect_window}")
+        if self.event_loop not in ("auto", "epoll", "poller"):
+            raise ValueError(f"event_loop must be auto, epoll or poller, got {self.event_loop!r}")
+        if self.start not in ("on_connect", "all_connected"):
+            raise ValueError(f"start must be on_connect or all_connected, got {self.start!r}")
+
+
+def parse_client_ids(text: str) -> list[int]:
+    """Parse ``"5"``, ``"1-100"`` or ``"1,2,7-9"`` into ids, in the order given.
+
+    Raises ValueError for anything else: an empty list, 0, a reversed range, an id above
+    2**31-1, an id given twice (also through overlapping ranges), or more than
+    MAX_IDS_PER_PROCESS ids.
+    """
+    if not text.strip():
+        raise ValueError("empty client id list")
+    ids: list[int] = []
+    seen: set[int] = set()
+    for part in text.split(","):
+        m = _ID_PART.fullmatch(part)
+        if m is None:
+            raise ValueError(f"bad client id {part.strip()!r} in {text!r}: expected N or A-B")
+        lo = int(m[1])
+        hi = int(m[2]) if m[2] is not None else lo
+        if lo < 1 or hi > MAX_CLIENT_ID:
+            raise ValueError(f"client ids must be 1..{MAX_CLIENT_ID}: {part.strip()!r}")
+        if hi < lo:
+            raise ValueError(f"reversed range {part.strip()!r}: write {hi}-{lo}")
+        if len(ids) + hi - lo + 1 > MAX_IDS_PER_PROCESS:
+            raise ValueError(f"more than {MAX_IDS_PER_PROCESS} client ids in {text!r}")
+        new = range(lo, hi + 1)
+        if not seen.isdisjoint(new):
+            dup = next(i for i in new if i in seen)
+            raise ValueError(f"client id {dup} given twice in {text!r}")
+        seen.update(new)
+        ids.extend(new)
+    return ids
+
+
+def format_client_ids(ids: Sequence[int]) -> str:
+    """The compact form parse_client_ids reads: runs of consecutive ids become ``A-B``."""
+    parts: list[str] = []
+    i = 0
+    while i < len(ids):
+        j = i
+        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
+            j += 1
+        parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# Capacity: descriptors and sockets
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The limits a run was planned with (reported in client.json)."""
+
+    max_sockets: int
+    connect_window: int
+    fds_needed: int
+    rlimit_nofile: int
+    rlimit_nofile_hard: int
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit; return (soft, hard) in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft, hard
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return FD_RESERVE
+
+
+def plan_capacity(
+    n_clients: int,
+    connect_window: int,
+    max_sockets: int | None,
+    open_fds: int,
+    rlimit: tuple[int, int],
+    socket_limit: int,
+) -> Capacity:
+    """Size MAX_SOCKETS and the connect window so `n_clients` fit, or raise CapacityError.
+
+    A client holds FDS_PER_CLIENT descriptors and one socket; while connecting, its monitor adds
+    FDS_PER_CONNECTING descriptors and two sockets. The connect window shrinks to fit before
+    the plan is given up.
+    """
+    soft, hard = rlimit
+    window = min(connect_window, n_clients)
+    base = open_fds + FD_RESERVE + FDS_PER_CLIENT * n_clients
+    if soft != resource.RLIM_INFINITY and base + FDS_PER_CONNECTING * window > soft:
+        window = (soft - base) // FDS_PER_CONNECTING
+        if window < 1:
+            raise CapacityError(
+                f"{n_clients} clients need about {base + FDS_PER_CONNECTING} file descriptors "
+                f"({FDS_PER_CLIENT} per client, {open_fds} open, {FD_RESERVE} reserve) but "
+                f"RLIMIT_NOFILE is {soft} (hard {hard}): raise the hard limit or split the "
+                f"clients over more processes"
+            )
+    if max_sockets is None:
+        # Spare slots: a closed socket holds its slot until libzmq's reaper thread frees it.
+        max_sockets = max(1024, 2 * n_clients + 2 * window + 64)
+    elif n_clients + 2 * window > max_sockets:
+        window = (max_sockets - n_clients) // 2
+        if window < 1:
+            raise CapacityError(
+                f"{n_clients} clients need more than max_sockets={max_sockets} zmq sockets "
+                f"(one per client plus two per connecting client)"
+            )
+    if max_sockets > socket_limit:
+        raise CapacityError(
+            f"max_sockets={max_sockets} exceeds this libzmq's SOCKET_LIMIT {socket_limit}: "
+            f"split the clients over more processes"
+        )
+    return Capacity(
+        max_sockets=max_sockets,
+        connect_window=window,
+        fds_needed=base + FDS_PER_CONNECTING * window,
+        rlimit_nofile=soft,
+        rlimit_nofile_hard=hard,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Waiting for readable sockets
+
+
+class _Waiter:
+    """Readiness of many zmq sockets; a socket is known by the `key` it was added with."""
+
+    name = ""
+
+    def __init__(self) -> None:
+        self._keys: dict[Any, int] = {}
+
+    def add(self, sock: zmq.Socket, key: int) -> Any:
+        """Watch `sock` for input; returns the token to remove it with."""
+        token = self._register(sock)
+        self._keys[token] = key
+        return token
+
+    def remove(self, token: Any) -> None:
+        self._unregister(token)
+        del self._keys[token]
+
+    def wait(self, timeout_s: float) -> list[int]:
+        """Keys of the sockets that may have input, after at most `timeout_s`."""
+        keys = self._keys
+        return [keys[token] for token in self._ready(timeout_s)]
+
+    def close(self) -> None:
+        pass
+
+    def _register(self, sock: zmq.Socket) -> Any:
+        raise NotImplementedError
+
+    def _unregister(self, token: Any) -> None:
+        raise NotImplementedError
+
+    def _ready(self, timeout_s: float) -> list[Any]:
+        raise NotImplementedError
+
+
+class _EpollWaiter(_Waiter):
+    """Each socket's ZMQ_FD in one epoll set: the cost of a wait grows with what is ready.
+
+    ZMQ_FD is edge-like: it signals that ZMQ_EVENTS may have changed. The loop therefore ends
+    every use of a socket with a ZMQ_EVENTS check that finds nothing to read. Measured with
+    5000 sockets: a wait with nothing ready costs 0.5 us (zmq.Poller: 2.2 ms).
+    """
+
+    name = "epoll"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._epoll = select.epoll()
+
+    def _register(self, sock: zmq.Socket) -> Any:
+        fd = sock.getsockopt(zmq.FD)
+        self._epoll.register(fd, select.EPOLLIN)
+        return fd
+
+    def _unregister(self, token: Any) -> None:
+        self._epoll.unregister(token)
+
+    def _ready(self, timeout_s: float) -> list[Any]:
+        return [fd for fd, _ in self._epoll.poll(timeout_s)]
+
+    def close(self) -> None:
+        self._epoll.close()
+
+
+class _PollerWaiter(_Waiter):
+    """zmq.Poller: portable; a wait and a removal cost time in proportion to all sockets."""
+
+    name = "poller"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._poller = zmq.Poller()
+
+    def _register(self, sock: zmq.Socket) -> Any:
+        self._poller.register(sock, zmq.POLLIN)
+        return sock
+
+    def _unregister(self, token: Any) -> None:
+        self._poller.unregister(token)
+
+    def _ready(self, timeout_s: float) -> list[Any]:
+        return [sock for sock, _ in self._poller.poll(math.ceil(timeout_s * 1000))]
+
+
+def _make_waiter(kind: str) -> _Waiter:
+    if kind == "auto":
+        kind = "epoll" if hasattr(select, "epoll") else "poller"
+    return _EpollWaiter() if kind == "epoll" else _PollerWaiter()
+
+
+# ---------------------------------------------------------------------------------------------
+# The event loop
+
+
+@dataclass
+class _Rows:
+    """One row per message sent, kept in typed arrays until written."""
+
+    index: array.array = field(default_factory=lambda: array.array("I"))  # client index
+    seq: array.array = field(default_factory=lambda: array.array("Q"))
+    t_send: array.array = field(default_factory=lambda: array.array("q"))
+    rtt: array.array = field(default_factory=lambda: array.array("q"))
+    code: array.array = field(default_factory=lambda: array.array("b"))
+
+
+class _Loop:
+    """State of all clients of one process and the loop that plays them.
+
+    Per-client state lives in lists indexed by the client's position in `config.client_ids`.
+    Waiter keys are that index for a DEALER and ``-1 - index`` for its monitor.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        ctx: zmq.Context,
+        capacity: Capacity,
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        n = len(config.client_ids)
+        self.config = config
+        self.ctx = ctx
+        self.window = capacity.connect_window
+        self.progress = progress
+        self.waiter = _make_waiter(config.event_loop)
+        self.n = n
+        self.ids = list(config.client_ids)
+        self.timeout_ns = int(config.timeout_s * 1e9)
+        self.connect_timeout_ns = int(config.connect_timeout_s * 1e9)
+        self.socks: list[zmq.Socket | None] = [None] * n
+        self.mons: list[zmq.Socket | None] = [None] * n
+        self.sock_tokens: list[Any] = [None] * n
+        self.mon_tokens: list[Any] = [None] * n
+        self.last_seq = [0] * n  # last seq sent
+        self.inflight = [0] * n  # seq awaiting its reply, 0 if none
+        self.t_send = [0] * n
+        self.connected = [False] * n
+        self.done = [False] * n
+        self.t_connect = [-1] * n
+        self.connect_ns = [-1] * n
+        self.first_ack_ns = [-1] * n
+        self.t_end = [-1] * n
+        self.rows = _Rows()
+        # Deadlines are always now + a constant when pushed, so FIFOs stay sorted.
+        self.msg_deadlines: deque[tuple[int, int, int]] = deque()  # (deadline, index, seq)
+        self.conn_deadlines: deque[tuple[int, int]] = deque()  # (deadline, index)
+        self.next_to_start = 0
+        self.connecting = 0
+        self.n_connected = 0
+        self.n_not_connected = 0
+        self.n_done = 0
+        self.n_acked = 0
+        self.n_errors = 0
+        self.first_send = -1
+        self.last_reply = -1
+        self.deadline_hit = False
+        self.socket_retries = 0  # socket creation refused (EMFILE), tried again later
+        self.starved_since = -1  # start of the current run of refusals
+        # start="all_connected": first messages wait until every client has connected or failed.
+        self.held = config.start == "all_connected" and config.messages > 0
+        self.released_at = -1
+
+    # -- connecting ----------------------------------------------------------------------
+
+    def fill_connect_window(self, now: int) -> None:
+        while self.connecting < self.window and self.next_to_start < self.n:
+            if not self.start(self.next_to_start):
+                self.starved(now)
+                return
+            self.next_to_start += 1
+            self.starved_since = -1
+
+    def starved(self, now: int) -> None:
+        """No socket could be made: sockets closed earlier still await libzmq's reaper.
+
+        Try again on the next turn of the loop; when refusals last longer than the connect
+        timeout, record the clients not yet started as not connected.
+        """
+        self.socket_retries += 1
+        if self.starved_since < 0:
+            self.starved_since = now
+        elif now - self.starved_since > self.connect_timeout_ns:
+            self.skip_unstarted()
+
+    def skip_unstarted(self) -> None:
+        for j in range(self.next_to_start, self.n):
+            self.done[j] = True
+        skipped = self.n - self.next_to_start
+        self.next_to_start = self.n
+        self.n_done += skipped
+        self.n_not_connected += skipped
+
+    def start(self, i: int) -> bool:
+        """Create, monitor and connect client `i`; False if libzmq refused a socket (EMFILE)."""
+        try:
+            sock = self.ctx.socket(zmq.DEALER)
+        except zmq.ZMQError as e:
+            if e.errno == errno.EMFILE:
+                return False
+            raise
+        self.socks[i] = sock  # recorded at once, so every exit path closes it
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 0)
+        sock.setsockopt(zmq.SNDHWM, HWM)
+        sock.setsockopt(zmq.RCVHWM, HWM)
+        try:
+            mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            self.socks[i] = None
+            if e.errno == errno.EMFILE:
+                return False
+            raise
+        self.mons[i] = mon
+        mon.setsockopt(zmq.LINGER, 0)
+        self.sock_tokens[i] = self.waiter.add(sock, i)
+        self.mon_tokens[i] = self.waiter.add(mon, -1 - i)
+        self.connecting += 1
+        t0 = time.perf_counter_ns()
+        sock.connect(self.config.endpoint)
+        self.t_connect[i] = t0
+        self.conn_deadlines.append((t0 + self.connect_timeout_ns, i))
+        if self.config.messages and not self.held:
+            self.send(i)
+        self.on_monitor(i)
+        self.on_dealer(i)
+        return True
+
+    def on_monitor(self, i: int) -> None:
+        mon = self.mons[i]
+        while mon is not None and mon.getsockopt(_EVENTS) & _POLLIN:
+            frames = mon.recv_multipart(_NOBLOCK)
+            t = time.perf_counter_ns()
+            if _MONITOR_EVENT.unpack_from(frames[0])[0] == _HANDSHAKE_SUCCEEDED:
+                self.handshake_seen(i, t)
+                return
+
+    def handshake_seen(self, i: int, t: int) -> None:
+        connect_ns = t - self.t_connect[i]
+        if 0 <= self.first_ack_ns[i] < connect_ns:
+            connect_ns = self.first_ack_ns[i]
+        self.connect_ns[i] = connect_ns
+        self.close_monitor(i)
+        if not self.connected[i]:
+            self.mark_connected(i)
+            if self.inflight[i] == 1:  # the queued first message: its clock starts now
+                self.msg_deadlines.append((t + self.timeout_ns, i, 1))
+        if self.config.messages == 0:
+            self.finish(i, t)
+
+    def mark_connected(self, i: int) -> None:
+        self.connected[i] = True
+        self.n_connected += 1
+
+    def close_monitor(self, i: int) -> None:
+        mon = self.mons[i]
+        if mon is None:
+            return
+        self.waiter.remove(self.mon_tokens[i])
+        sock = self.socks[i]
+        if sock is not None:
+            sock.disable_monitor()
+        mon.close(linger=0)
+        self.mons[i] = None
+        self.connecting -= 1
+
+    def not_connected(self, i: int) -> None:
+        """The handshake was not seen in time: drop the client and its queued message."""
+        self.close_monitor(i)
+        self.waiter.remove(self.sock_tokens[i])
+        sock = self.socks[i]
+        if sock is not None:
+            sock.close(linger=0)
+        self.socks[i] = None
+        self.inflight[i] = 0
+        self.last_seq[i] = 0
+        self.done[i] = True
+        self.n_done += 1
+        self.n_not_connected += 1
+        if self.n_connected == 0:
+            # Unreachable server: record the clients not yet started without trying them.
+            self.skip_unstarted()
+
+    def release(self, now: int) -> None:
+        """start="all_connected": every client is connected or given up; all send now."""
+        self.held = False
+        self.released_at = now
+        for i in range(self.n):
+            if self.connected[i] and not self.done[i]:
+                self.send(i)
+                self.on_dealer(i)
+
+    # -- messages ------------------------------------------------------------------------
+
+    def send(self, i: int) -> None:
+        sock = self.socks[i]
+        cid = self.ids[i]
+        seq = self.last_seq[i] + 1
+        payload = payload_for(cid, seq, self.config.payload_bytes)
+        t = time.perf_counter_ns()
+        try:
+            sock.send(encode_data(cid, seq, t), _SNDMORE_NOBLOCK)
+        except zmq.Again:  # cannot happen with one message in flight and HWM > 1
+            self.finish(i, t)
+            return
+        sock.send(payload, _NOBLOCK)
+        self.last_seq[i] = seq
+        self.inflight[i] = seq
+        self.t_send[i] = t
+        if self.first_send < 0:
+            self.first_send = t
+        if self.connected[i]:
+            self.msg_deadlines.append((t + self.timeout_ns, i, seq))
+
+    def on_dealer(self, i: int) -> None:
+        sock = self.socks[i]
+        done = self.done
+        while not done[i] and sock.getsockopt(_EVENTS) & _POLLIN:
+            frames = sock.recv_multipart(_NOBLOCK)
+            t = time.perf_counter_ns()
+            self.on_reply(i, frames, t)
+
+    def on_reply(self, i: int, frames: list[bytes], t: int) -> None:
+        seq = self.inflight[i]
+        self.last_reply = t
+        if not self.connected[i]:  # read before the monitor's handshake event
+            self.mark_connected(i)
+        if self.first_ack_ns[i] < 0:
+            self.first_ack_ns[i] = t - self.t_connect[i]
+        try:
+            ack = decode_ack(frames)
+        except ValueError:
+            code = INVALID_ACK
+        else:
+            if ack.client_id != self.ids[i] or ack.seq != seq:
+                code = MISMATCH
+            else:
+                code = ack.status
+        self.settle(i, code, t - self.t_send[i], t)
+
+    def settle(self, i: int, code: int, rtt: int, t: int) -> None:
+        rows = self.rows
+        rows.index.append(i)
+        rows.seq.append(self.inflight[i])
+        rows.t_send.append(self.t_send[i])
+        rows.rtt.append(rtt)
+        rows.code.append(code)
+        self.inflight[i] = 0
+        self.t_end[i] = t
+        if code == _OK:
+            self.n_acked += 1
+        elif code != _DUPLICATE:
+            self.n_errors += 1
+        if code <= _DUPLICATE and self.last_seq[i] < self.config.messages:
+            self.send(i)
+        else:
+            self.finish(i, t)
+
+    def finish(self, i: int, t: int) -> None:
+        if self.mons[i] is not None:  # replies came first: the handshake event is queued
+            self.on_monitor(i)
+            self.close_monitor(i)
+        self.waiter.remove(self.sock_tokens[i])
+        self.done[i] = True
+        self.n_done += 1
+
+    def expire(self, now: int) -> None:
+        msg = self.msg_deadlines
+        while msg and msg[0][0] <= now:
+            _, i, seq = msg.popleft()
+            if self.inflight[i] == seq and not self.done[i]:
+                self.settle(i, TIMEOUT, -1, now)
+        conn = self.conn_deadlines
+        while conn and conn[0][0] <= now:
+            _, i = conn.popleft()
+            if not self.connected[i] and not self.done[i]:
+                self.not_connected(i)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, deadline: int) -> None:
+        waiter = self.waiter
+        next_progress = 0
+        while self.n_done < self.n:
+            now = time.perf_counter_ns()
+            if now >= deadline:
+                self.deadline_hit = True
+                break
+            self.expire(now)
+            self.fill_connect_window(now)
+            if self.held and self.next_to_start == self.n and self.connecting == 0:
+                self.release(now)
+            if self.n_done == self.n:
+                break
+            if now >= next_progress:
+                self.report()
+                next_progress = now + 1_000_000_000
+            wake = min(deadline, next_progress)
+            if self.msg_deadlines:
+                wake = min(wake, self.msg_deadlines[0][0])
+            if self.conn_deadlines:
+                wake = min(wake, self.conn_deadlines[0][0])
+            if self.starved_since >= 0:
+                wake = min(wake, now + 1_000_000)  # try to make sockets again soon
+            ready = waiter.wait(max(0.0, (wake - now) / 1e9))
+            # Monitors first, so a handshake is seen before its first reply where possible.
+            for key in ready:
+                if key < 0:
+                    self.on_monitor(-1 - key)
+            for key in ready:
+                if key >= 0 and not self.done[key]:
+                    self.on_dealer(key)
+        self.abandon(time.perf_counter_ns())
+        self.report()
+
+    def abandon(self, now: int) -> None:
+        """At the deadline: messages in flight time out, clients not connected are dropped."""
+        for i in range(self.n):
+            if self.done[i]:
+                continue
+            if self.connected[i]:
+                if self.inflight[i]:
+                    self.settle(i, TIMEOUT, -1, now)
+                else:
+                    self.finish(i, now)
+            elif self.socks[i] is not None:
+                self.not_connected(i)
+            elif self.next_to_start < self.n:  # never started
+                self.skip_unstarted()
+
+    def report(self) -> None:
+        if self.progress is not None:
+            self.progress(
+                f"connected {self.n_connected}/{self.n} "
+                f"acked {self.n_acked}/{self.n * self.config.messages} errors {self.n_errors}"
+            )
+
+    def close(self) -> None:
+        for i in range(self.n):
+            for socks in (self.mons, self.socks):
+                sock = socks[i]
+                if sock is not None:
+                    sock.close(linger=0)
+                    socks[i] = None
+        self.waiter.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point and outputs
+
+
+def run_clients(
+    config: ClientConfig,
+    out_dir: Path,
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Play all clients of `config`, write rtt.parquet, clients.parquet and client.json.
+
+    Each output is written to a temporary name in `out_dir` and renamed, client.json last.
+    Returns the client.json dict. Raises CapacityError before any socket is made when the
+    clients cannot fit this process's descriptor or socket limits. What a reply does to a
+    client (go on or stop) is in the module docstring. `progress` gets a line at most once a
+    second and a last one at the end.
+
+    rtt.parquet, one row per message sent, sorted by client_id, seq: ``client_id`` u32,
+    ``seq`` u64, ``payload_bytes`` u32, ``rtt_ns`` i64 (to the reply that settled the message,
+    whatever its status; -1 for TIMEOUT), ``status`` (a protocol status name, TIMEOUT, MISMATCH
+    or INVALID_ACK), ``t_send_ns`` i64 (perf_counter_ns at send, as in the header).
+
+    clients.parquet, one row per client id in the order given: ``client_id``, ``connected``,
+    ``connect_ns``, ``first_ack_ns`` (-1: never), ``sent``, ``acked`` (OK), ``duplicates``,
+    ``errors`` (every other status, timeouts and mismatches included), ``timeouts``,
+    ``rtt_median_ns``/``rtt_p90_ns``/``rtt_p99_ns``/``rtt_max_ns`` (exact, numpy's linear
+    rule, over the client's OK and DUPLICATE samples; -1 if none), ``t_connect_ns`` and
+    ``t_end_ns`` (perf_counter_ns at connect() and when its last message was settled; -1 if
+    never), from which the span in which all clients were active can be found across processes.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    n = len(config.client_ids)
+    rlimit = raise_nofile_limit()
+    ctx = zmq.Context(io_threads=1)
+    try:
+        capacity = plan_capacity(
+            n,
+            config.connect_window,
+            config.max_sockets,
+            _open_fds(),
+            rlimit,
+            ctx.get(zmq.SOCKET_LIMIT),
+        )
+        ctx.set(zmq.MAX_SOCKETS, capacity.max_sockets)  # before the first socket
+        loop = _Loop(config, ctx, capacity, progress)
+        gc_was_enabled = gc.isenabled()
+        gc.collect()
+        gc.freeze()
+        gc.disable()
+        try:
+            t0 = time.perf_counter_ns()
+            ru0 = resource.getrusage(resource.RUSAGE_SELF)
+            threads0 = _thread_cpu_s()
+            thread0 = time.thread_time_ns()
+            loop.run(t0 + int(config.deadline_s * 1e9))
+            thread_s = (time.thread_time_ns() - thread0) / 1e9
+            threads1 = _thread_cpu_s()
+            ru1 = resource.getrusage(resource.RUSAGE_SELF)
+            wall_s = (time.perf_counter_ns() - t0) / 1e9
+        finally:
+            loop.close()
+            if gc_was_enabled:
+                gc.enable()
+            gc.unfreeze()
+    finally:
+        ctx.destroy(linger=0)  # closes whatever an exception left open; never blocks
+    usage = {
+        "wall_s": wall_s,
+        "cpu_user_s": ru1.ru_utime - ru0.ru_utime,
+        "cpu_system_s": ru1.ru_stime - ru0.ru_stime,
+        "loop_cpu_s": thread_s,
+        "busiest_thread_cpu_s": max(
+            (cpu - threads0.get(tid, 0.0) for tid, cpu in threads1.items()), default=thread_s
+        ),
+    }
+    return _write_outputs(config, out_dir, loop, capacity, usage)
+
+
+def _thread_cpu_s() -> dict[int, float]:
+    """CPU seconds used so far by each thread of this process (the loop, libzmq's I/O thread)."""
+    try:
+        return {t.id: t.user_time + t.system_time for t in psutil.Process().threads()}
+    except psutil.Error:
+        return {}
+
+
+def _quantiles(index: np.ndarray, rtt: np.ndarray, n: int, qs: Sequence[float]) -> list:
+    """Exact per-client quantiles (numpy's default linear rule) of raw samples; -1 if none."""
+    order = np.lexsort((rtt, index))
+    index, rtt = index[order], rtt[order]
+    counts = np.bincount(index, minlength=n)
+    starts = np.cumsum(counts) - counts
+    has = counts > 0
+    out = []
+    for q in qs:
+        result = np.full(n, -1, dtype=np.int64)
+        pos = (counts[has] - 1) * q
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.ceil(pos).astype(np.int64)
+        a = rtt[starts[has] + lo].astype(np.float64)
+        b = rtt[starts[has] + hi].astype(np.float64)
+        result[has] = np.rint(a + (b - a) * (pos - lo)).astype(np.int64)
+        out.append(result)
+    return out
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary name in the same directory and rename: all or nothing."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_outputs(
+    config: ClientConfig, out_dir: Path, loop: _Loop, capacity: Capacity, usage: dict
+) -> dict:
+    n = loop.n
+    rows = loop.rows
+    index = np.frombuffer(rows.index, dtype=np.uint32).astype(np.intp)
+    seq = np.frombuffer(rows.seq, dtype=np.uint64)
+    t_send = np.frombuffer(rows.t_send, dtype=np.int64)
+    rtt = np.frombuffer(rows.rtt, dtype=np.int64)
+    code = np.frombuffer(rows.code, dtype=np.int8)
+    ids = np.asarray(loop.ids, dtype=np.uint32)
+    client_id = ids[index]
+
+    order = np.lexsort((seq, client_id))
+    names = pa.array(STATUS_NAMES, type=pa.string())
+    rtt_table = pa.table(
+        {
+            "client_id": pa.array(client_id[order], type=pa.uint32()),
+            "seq": pa.array(seq[order], type=pa.uint64()),
+            "payload_bytes": pa.array(
+                np.full(len(order), config.payload_bytes, dtype=np.uint32), type=pa.uint32()
+            ),
+            "rtt_ns": pa.array(rtt[order], type=pa.int64()),
+            "status": pc.take(names, pa.array(code[order], type=pa.int8())),
+            "t_send_ns": pa.array(t_send[order], type=pa.int64()),
+        }
+    )
+
+    def per_client(mask: np.ndarray) -> np.ndarray:
+        return np.bincount(index[mask], minlength=n).astype(np.int64)
+
+    everything = np.ones(len(code), dtype=bool)
+    sent = per_client(everything)
+    acked = per_client(code == _OK)
+    duplicates = per_client(code == _DUPLICATE)
+    timeouts = per_client(code == TIMEOUT)
+    good = code <= _DUPLICATE
+    q50, q90, q99, q100 = _quantiles(index[good], rtt[good], n, (0.5, 0.9, 0.99, 1.0))
+    connected = np.asarray(loop.connected, dtype=bool)
+    t_connect = np.asarray(loop.t_connect, dtype=np.int64)
+    t_end = np.asarray(loop.t_end, dtype=np.int64)
+    clients_table = pa.table(
+        {
+            "client_id": pa.array(ids, type=pa.uint32()),
+            "connected": pa.array(connected, type=pa.bool_()),
+            "connect_ns": pa.array(loop.connect_ns, type=pa.int64()),
+            "first_ack_ns": pa.array(loop.first_ack_ns, type=pa.int64()),
+            "sent": sent,
+            "acked": acked,
+            "duplicates": duplicates,
+            "errors": sent - acked - duplicates,
+            "timeouts": timeouts,
+            "rtt_median_ns": q50,
+            "rtt_p90_ns": q90,
+            "rtt_p99_ns": q99,
+            "rtt_max_ns": q100,
+            "t_connect_ns": t_connect,
+            "t_end_ns": t_end,
+        }
+    )
+
+    errors = dict.fromkeys(ERROR_KINDS, 0)
+    for c, count in enumerate(np.bincount(code.astype(np.intp), minlength=len(STATUS_NAMES))):
+        if c not in (_OK, _DUPLICATE):
+            errors[STATUS_NAMES[c]] = int(count)
+    planned = n * config.messages
+    errors["not_connected"] = loop.n_not_connected
+    errors["not_sent"] = planned - len(code)
+
+    # All clients active: from the last client's connect to the first client's last reply.
+    active = sent > 0
+    all_start = int(t_connect[active].max()) if active.any() else None
+    all_end = int(t_end[active].min()) if active.any() else None
+    if all_start is not None and all_end <= all_start:
+        all_start = all_end = None
+    window = (loop.last_reply - loop.first_send) / 1e9 if loop.first_send >= 0 else 0.0
+    wall_s = usage["wall_s"]
+    cpu_s = usage["cpu_user_s"] + usage["cpu_system_s"]
+    utilization = cpu_s / wall_s if wall_s > 0 else 0.0
+    busiest = usage["busiest_thread_cpu_s"] / wall_s if wall_s > 0 else 0.0
+    summary = {
+        "endpoint": config.endpoint,
+        "client_ids": format_client_ids(loop.ids),
+        "clients": n,
+        "connected": loop.n_connected,
+        "messages_per_client": config.messages,
+        "payload_bytes": config.payload_bytes,
+        "messages_planned": planned,
+        "sent": len(code),
+        "acked": int(acked.sum()),
+        "duplicates": int(duplicates.sum()),
+        "errors": errors,
+        "deadline_hit": loop.deadline_hit,
+        "start": config.start,
+        "released_ns": loop.released_at if loop.released_at >= 0 else None,
+        "wall_s": wall_s,
+        "window_start_ns": loop.first_send if loop.first_send >= 0 else None,
+        "window_end_ns": loop.last_reply if loop.last_reply >= 0 else None,
+        "acked_per_s": int(acked.sum()) / window if window > 0 else None,
+        "all_active_start_ns": all_start,
+        "all_active_end_ns": all_end,
+        "clock": "time.perf_counter_ns (CLOCK_MONOTONIC on Linux, shared by the host)",
+        "cpu_user_s": usage["cpu_user_s"],
+        "cpu_system_s": usage["cpu_system_s"],
+        "cpu_utilization": utilization,
+        "loop_cpu_s": usage["loop_cpu_s"],
+        "loop_cpu_utilization": usage["loop_cpu_s"] / wall_s if wall_s > 0 else 0.0,
+        "busiest_thread_utilization": busiest,
+        # A thread (the loop or libzmq's I/O thread) busy > 90% of the time cannot go faster.
+        # Process CPU / wall is no such sign: two threads at 60% each add up to 1.2.
+        "saturated": busiest > 0.9,
+        "timeout_s": config.timeout_s,
+        "connect_timeout_s": config.connect_timeout_s,
+        "deadline_s": config.deadline_s,
+        "event_loop": loop.waiter.name,
+        "connect_window": capacity.connect_window,
+        "max_sockets": capacity.max_sockets,
+        "fds_needed": capacity.fds_needed,
+        "socket_retries": loop.socket_retries,
+        "rlimit_nofile": capacity.rlimit_nofile,
+        "rlimit_nofile_hard": capacity.rlimit_nofile_hard,
+        "pyzmq": zmq.pyzmq_version(),
+        "libzmq": zmq.zmq_version(),
+        "pid": os.getpid(),
+    }
+    _write_atomically(out_dir / "rtt.parquet", lambda tmp: pq.write_table(rtt_table, tmp))
+    _write_atomically(out_dir / "clients.parquet", lambda tmp: pq.write_table(clients_table, tmp))
+    text = json.dumps(summary, indent=2) + "\n"
+    _write_atomically(out_dir / "client.json", lambda tmp: tmp.write_text(text))
+    return summary

@@ -1,0 +1,346 @@
+"""Load generator against a tiny in-test ROUTER that answers the protocol in several ways."""
+
+from __future__ import annotations
+
+import errno
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zmq
+
+import msgprof.client
+from msgprof.client import (
+    CapacityError,
+    ClientConfig,
+    format_client_ids,
+    parse_client_ids,
+    plan_capacity,
+    run_clients,
+)
+from msgprof.payload import payload_for
+from msgprof.protocol import HEADER, MAX_CLIENT_ID, Status, encode_ack
+
+RTT_COLUMNS = ["client_id", "seq", "payload_bytes", "rtt_ns", "status", "t_send_ns"]
+CLIENT_COLUMNS = [
+    "client_id", "connected", "connect_ns", "first_ack_ns", "sent", "acked", "duplicates",
+    "errors", "timeouts", "rtt_median_ns", "rtt_p90_ns", "rtt_p99_ns", "rtt_max_ns",
+    "t_connect_ns", "t_end_ns",
+]  # fmt: skip
+
+
+class EchoServer:
+    """A ROUTER in a thread: `mode` says how it answers each DATA request.
+
+    ok: OK ack; wrong_seq: ack for seq + 1; silent: no answer; duplicate: DUPLICATE ack;
+    busy: BUSY ack; garbage: a frame that is not a header.
+    """
+
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode = mode
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.BACKLOG, 1024)
+        self.sock.bind("tcp://127.0.0.1:*")
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.received: list[tuple[int, int, bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> EchoServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close(linger=0)
+        self.ctx.term()
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(50):
+                continue
+            while True:
+                try:
+                    identity, header, payload = self.sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                fields = HEADER.unpack(header)
+                client_id, seq, t_send = fields[6], fields[7], fields[8]
+                self.received.append((client_id, seq, payload))
+                if self.mode == "silent":
+                    continue
+                if self.mode == "garbage":
+                    self.sock.send_multipart([identity, b"not a header"])
+                    continue
+                status, ack_seq = Status.OK, seq
+                if self.mode == "wrong_seq":
+                    ack_seq = seq + 1
+                elif self.mode == "duplicate":
+                    status = Status.DUPLICATE
+                elif self.mode == "busy":
+                    status = Status.BUSY
+                self.sock.send_multipart([identity, encode_ack(status, client_id, ack_seq, t_send)])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _read(out: Path) -> tuple:
+    rtt = pq.read_table(out / "rtt.parquet").to_pandas()
+    clients = pq.read_table(out / "clients.parquet").to_pandas()
+    summary = json.loads((out / "client.json").read_text())
+    return rtt, clients, summary
+
+
+def test_echo_outputs(tmp_path: Path) -> None:
+    lines: list[str] = []
+    with EchoServer() as server:
+        config = ClientConfig(server.endpoint, [3, 1, 2], messages=20, payload_bytes=100)
+        result = run_clients(config, tmp_path, progress=lines.append)
+    rtt, clients, summary = _read(tmp_path)
+    assert result == summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "client.json", "clients.parquet", "rtt.parquet"
+    ]  # fmt: skip
+    schema = pq.read_schema(tmp_path / "rtt.parquet")
+    assert schema.names == RTT_COLUMNS
+    assert [str(schema.field(c).type) for c in RTT_COLUMNS] == [
+        "uint32", "uint64", "uint32", "int64", "string", "int64"
+    ]  # fmt: skip
+    assert list(clients.columns) == CLIENT_COLUMNS
+    assert len(rtt) == 60
+    assert (rtt.rtt_ns > 0).all() and (rtt.status == "OK").all()
+    assert (rtt.payload_bytes == 100).all()
+    for cid in (1, 2, 3):
+        assert rtt[rtt.client_id == cid].seq.tolist() == list(range(1, 21))
+    # The server got exactly the deterministic payloads, in order per client.
+    assert sorted(server.received) == sorted(
+        (c, s, payload_for(c, s, 100)) for c in (1, 2, 3) for s in range(1, 21)
+    )
+    assert clients.client_id.tolist() == [3, 1, 2]
+    assert clients.connected.all() and (clients.sent == 20).all() and (clients.acked == 20).all()
+    assert (clients.errors == 0).all()
+    assert (clients.connect_ns > 0).all()
+    assert (clients.first_ack_ns >= clients.connect_ns).all()
+    for _, row in clients.iterrows():
+        samples = rtt[rtt.client_id == row.client_id].rtt_ns.to_numpy()
+        assert row.rtt_median_ns == round(np.quantile(samples, 0.5))
+        assert row.rtt_p90_ns == round(np.quantile(samples, 0.9))
+        assert row.rtt_p99_ns == round(np.quantile(samples, 0.99))
+        assert row.rtt_max_ns == samples.max()
+    assert summary["clients"] == 3 and summary["connected"] == 3
+    assert summary["messages_planned"] == summary["sent"] == summary["acked"] == 60
+    assert set(summary["errors"].values()) == {0}
+    assert summary["window_start_ns"] < summary["window_end_ns"]
+    assert summary["client_ids"] == "3,1-2"
+    assert summary["max_sockets"] >= 1024
+    assert not summary["deadline_hit"]
+    assert lines and lines[-1] == "connected 3/3 acked 60/60 errors 0"
+
+
+def test_silent_server_times_out(tmp_path: Path) -> None:
+    with EchoServer("silent") as server:
+        config = ClientConfig(server.endpoint, [1, 2], messages=5, timeout_s=0.3)
+        start = time.monotonic()
+        summary = run_clients(config, tmp_path)
+        elapsed = time.monotonic() - start
+    assert elapsed < 3
+    rtt, clients, _ = _read(tmp_path)
+    # A timed-out client stops: one TIMEOUT row each, the rest not sent.
+    assert rtt.status.tolist() == ["TIMEOUT", "TIMEOUT"] and (rtt.rtt_ns == -1).all()
+    assert clients.connected.all() and (clients.timeouts == 1).all()
+    assert (clients.first_ack_ns == -1).all() and (clients.rtt_median_ns == -1).all()
+    assert summary["errors"]["TIMEOUT"] == 2 and summary["errors"]["not_sent"] == 8
+
+
+def test_no_server_not_connected(tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    config = ClientConfig(endpoint, range(1, 11), messages=3, connect_timeout_s=0.5,
+                          connect_window=4)  # fmt: skip
+    start = time.monotonic()
+    summary = run_clients(config, tmp_path)
+    assert time.monotonic() - start < 3
+    rtt, clients, _ = _read(tmp_path)
+    assert len(rtt) == 0
+    assert not clients.connected.any() and (clients.connect_ns == -1).all()
+    assert summary["connected"] == 0 and summary["sent"] == 0
+    assert summary["errors"]["not_connected"] == 10 and summary["errors"]["not_sent"] == 30
+
+
+def test_mismatch_counted(tmp_path: Path) -> None:
+    with EchoServer("wrong_seq") as server:
+        summary = run_clients(ClientConfig(server.endpoint, [7, 8], messages=4), tmp_path)
+    rtt, clients, _ = _read(tmp_path)
+    assert rtt.status.tolist() == ["MISMATCH", "MISMATCH"] and (rtt.rtt_ns > 0).all()
+    assert (clients.errors == 1).all() and (clients.acked == 0).all()
+    assert summary["errors"]["MISMATCH"] == 2 and summary["errors"]["not_sent"] == 6
+
+
+def test_duplicates_go_on(tmp_path: Path) -> None:
+    with EchoServer("duplicate") as server:
+        summary = run_clients(ClientConfig(server.endpoint, [1], messages=5), tmp_path)
+    rtt, clients, _ = _read(tmp_path)
+    assert (rtt.status == "DUPLICATE").all() and rtt.seq.tolist() == [1, 2, 3, 4, 5]
+    assert clients.duplicates.tolist() == [5] and clients.errors.tolist() == [0]
+    assert clients.rtt_median_ns.iloc[0] > 0
+    assert summary["acked"] == 0 and summary["duplicates"] == 5 and summary["sent"] == 5
+
+
+@pytest.mark.parametrize(("mode", "status"), [("busy", "BUSY"), ("garbage", "INVALID_ACK")])
+def test_error_reply_stops_client(tmp_path: Path, mode: str, status: str) -> None:
+    with EchoServer(mode) as server:
+        summary = run_clients(ClientConfig(server.endpoint, [1], messages=5), tmp_path)
+    rtt, _, _ = _read(tmp_path)
+    assert rtt.status.tolist() == [status]
+    assert summary["errors"][status] == 1 and summary["errors"]["not_sent"] == 4
+
+
+def test_deadline_bounds_run(tmp_path: Path) -> None:
+    with EchoServer("silent") as server:
+        config = ClientConfig(server.endpoint, [1, 2, 3], messages=5, timeout_s=30,
+                              deadline_s=0.4)  # fmt: skip
+        start = time.monotonic()
+        summary = run_clients(config, tmp_path)
+        assert time.monotonic() - start < 3
+    assert summary["deadline_hit"]
+    assert summary["errors"]["TIMEOUT"] == 3 and summary["errors"]["not_sent"] == 12
+
+
+def test_connect_only(tmp_path: Path) -> None:
+    with EchoServer() as server:
+        summary = run_clients(ClientConfig(server.endpoint, [1, 2], messages=0), tmp_path)
+    _, clients, _ = _read(tmp_path)
+    assert clients.connected.all() and (clients.connect_ns > 0).all()
+    assert summary["sent"] == 0 and summary["errors"]["not_sent"] == 0
+
+
+def test_poller_loop(tmp_path: Path) -> None:
+    with EchoServer() as server:
+        config = ClientConfig(server.endpoint, range(1, 21), messages=10, event_loop="poller")
+        summary = run_clients(config, tmp_path)
+    assert summary["event_loop"] == "poller" and summary["acked"] == 200
+
+
+def test_many_clients(tmp_path: Path) -> None:
+    with EchoServer() as server:
+        config = ClientConfig(server.endpoint, parse_client_ids("1-500"), messages=5,
+                              connect_window=64)  # fmt: skip
+        summary = run_clients(config, tmp_path)
+    rtt, clients, _ = _read(tmp_path)
+    assert summary["connected"] == 500 and summary["acked"] == 2500 == len(rtt)
+    assert (rtt.groupby("client_id").seq.max() == 5).all()
+    assert (clients.sent == 5).all() and (clients.connect_ns > 0).all()
+
+
+def test_start_all_connected(tmp_path: Path) -> None:
+    with EchoServer() as server:
+        config = ClientConfig(server.endpoint, range(1, 51), messages=5, start="all_connected",
+                              connect_window=8)  # fmt: skip
+        summary = run_clients(config, tmp_path)
+    rtt, clients, _ = _read(tmp_path)
+    assert summary["acked"] == 250 and summary["start"] == "all_connected"
+    # No client sent before the last handshake was seen.
+    last_handshake = (clients.t_connect_ns + clients.connect_ns).max()
+    assert summary["released_ns"] >= last_handshake
+    assert rtt.t_send_ns.min() >= summary["released_ns"]
+    assert summary["all_active_start_ns"] is not None
+
+
+def test_parse_client_ids_good() -> None:
+    assert parse_client_ids("5") == [5]
+    assert parse_client_ids("1-100") == list(range(1, 101))
+    assert parse_client_ids("1,2,7-9") == [1, 2, 7, 8, 9]
+    assert parse_client_ids(" 9 , 3 - 4 ") == [9, 3, 4]
+    assert parse_client_ids(f"{MAX_CLIENT_ID}") == [MAX_CLIENT_ID]
+    for text in ("1-100", "1,2,7-9", "9,3-4,100"):
+        assert parse_client_ids(format_client_ids(parse_client_ids(text))) == parse_client_ids(
+            text
+        )
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", " ", "0", "0-5", "5-3", str(MAX_CLIENT_ID + 1), "1-2147483648", "1,1", "1-5,3",
+     "a", "1-", "-5", "1--3", "1;2", "1,,2", "+3", "1.5", "1-2000000"],
+)  # fmt: skip
+def test_parse_client_ids_bad(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_client_ids(text)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        ClientConfig("tcp://127.0.0.1:1", [1, 1], messages=1)
+    with pytest.raises(ValueError, match="client ids"):
+        ClientConfig("tcp://127.0.0.1:1", [0], messages=1)
+    with pytest.raises(ValueError, match="timeout_s"):
+        ClientConfig("tcp://127.0.0.1:1", [1], messages=1, timeout_s=0)
+    with pytest.raises(ValueError, match="start"):
+        ClientConfig("tcp://127.0.0.1:1", [1], messages=1, start="later")
+
+
+def test_plan_capacity() -> None:
+    plan = plan_capacity(5000, 256, None, open_fds=10, rlimit=(20000, 20000), socket_limit=65535)
+    assert plan.connect_window == 256 and plan.max_sockets >= 5000 + 2 * 256
+    # Too few descriptors for the window: it shrinks; too few for the clients: a clear error.
+    plan = plan_capacity(9900, 256, None, open_fds=10, rlimit=(20000, 20000), socket_limit=65535)
+    assert 1 <= plan.connect_window < 256 and plan.fds_needed <= 20000
+    with pytest.raises(CapacityError, match="RLIMIT_NOFILE is 20000"):
+        plan_capacity(10000, 256, None, open_fds=10, rlimit=(20000, 20000), socket_limit=65535)
+    with pytest.raises(CapacityError, match="max_sockets"):
+        plan_capacity(2000, 256, 1023, open_fds=10, rlimit=(20000, 20000), socket_limit=65535)
+    with pytest.raises(CapacityError, match="SOCKET_LIMIT"):
+        plan_capacity(100, 8, 70000, open_fds=10, rlimit=(1 << 20, 1 << 20), socket_limit=65535)
+
+
+def _refusing_context(refusals: int) -> type[zmq.Context]:
+    """A Context whose first `refusals` DEALER sockets fail with EMFILE (a full socket table)."""
+
+    class Refusing(zmq.Context):
+        left = refusals
+
+        def socket(self, socket_type: int, **kwargs: object) -> zmq.Socket:
+            if socket_type == zmq.DEALER and Refusing.left > 0:
+                Refusing.left -= 1
+                raise zmq.ZMQError(errno.EMFILE)
+            return super().socket(socket_type, **kwargs)
+
+    return Refusing
+
+
+def test_socket_refusal_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(msgprof.client.zmq, "Context", _refusing_context(3))
+    with EchoServer() as server:
+        summary = run_clients(ClientConfig(server.endpoint, [1, 2], messages=3), tmp_path)
+    assert summary["socket_retries"] == 3 and summary["acked"] == 6
+
+
+def test_socket_refusal_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(msgprof.client.zmq, "Context", _refusing_context(10**9))
+    with EchoServer() as server:
+        config = ClientConfig(server.endpoint, [1, 2], messages=3, connect_timeout_s=0.3)
+        start = time.monotonic()
+        summary = run_clients(config, tmp_path)
+        assert time.monotonic() - start < 3
+    assert summary["errors"]["not_connected"] == 2 and summary["sent"] == 0
+
+
+def test_error_during_run_does_not_hang(tmp_path: Path) -> None:
+    # connect() fails for a malformed endpoint after sockets exist: they must all be closed.
+    config = ClientConfig("tcp://127.0.0.1:not-a-port", [1, 2], messages=1)
+    with pytest.raises(zmq.ZMQError):
+        run_clients(config, tmp_path)
+    assert not (tmp_path / "client.json").exists()
