@@ -94,6 +94,17 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_start_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--start",
+        choices=("on_connect", "all_connected"),
+        default=default,
+        help="on_connect: each client sends as soon as it has connected; all_connected: every "
+        "client of a process connects first, then all send together, so all are active at "
+        "once and setup is timed without message traffic. Default: %(default)s",
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msgprof",
@@ -169,6 +180,27 @@ def _build_parser() -> argparse.ArgumentParser:
         default=600.0,
         help="bound on the whole run in seconds; what is unsent then is recorded. Default: %(default)s",
     )
+    _add_start_option(cli, default="on_connect")
+    cli.add_argument(
+        "--connect-window",
+        type=_positive_int,
+        default=32,
+        help="most clients connecting at once (each holds a socket monitor while it connects). "
+        "Default: %(default)s",
+    )
+    cli.add_argument(
+        "--event-loop",
+        choices=("auto", "epoll", "poller"),
+        default="auto",
+        help="how the process waits on its sockets: epoll (Linux, scales to thousands) or "
+        "zmq.Poller. Default: %(default)s",
+    )
+    cli.add_argument(
+        "--max-sockets",
+        type=_positive_int,
+        default=None,
+        help="ZMQ MAX_SOCKETS of the client context. Default: sized from the number of clients",
+    )
     cli.add_argument("--out", type=Path, required=True, help="output directory (created)")
 
     pnt = sub.add_parser(
@@ -223,6 +255,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="where the server's queues go (must be new or empty). Default: OUT/queues, "
         "deleted after verification unless --keep-queues",
     )
+    _add_start_option(pnt, default="all_connected")
     pnt.add_argument("--keep-queues", action="store_true", help="keep the queue files after verification")
     pnt.add_argument(
         "--strict",
@@ -267,6 +300,10 @@ def _cmd_client(args: argparse.Namespace) -> int:
         timeout_s=args.timeout_s,
         connect_timeout_s=args.connect_timeout_s,
         deadline_s=args.deadline_s,
+        start=args.start,
+        connect_window=args.connect_window,
+        event_loop=args.event_loop,
+        max_sockets=args.max_sockets,
     )
     log = logging.getLogger("msgprof.client")
     run_clients(config, args.out, progress=log.info)
@@ -287,6 +324,7 @@ def _cmd_point(args: argparse.Namespace) -> int:
         first_client_id=args.first_client_id,
         data_dir=args.data_dir,
         keep_queues=args.keep_queues,
+        start=args.start,
         store=args.store,
         ack_after=args.ack_after,
         flush_interval_ms=args.flush_interval_ms,

@@ -55,7 +55,6 @@ from __future__ import annotations
 import array
 import errno
 import gc
-import json
 import math
 import os
 import re
@@ -73,9 +72,9 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import zmq
 
+from msgprof import atomic, limits
 from msgprof.payload import payload_for
 from msgprof.protocol import MAX_CLIENT_ID, Status, decode_ack, encode_data
 
@@ -235,26 +234,6 @@ class Capacity:
     fds_needed: int
     rlimit_nofile: int
     rlimit_nofile_hard: int
-
-
-def raise_nofile_limit() -> tuple[int, int]:
-    """Raise this process's soft RLIMIT_NOFILE to the hard limit; return (soft, hard) in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return soft, hard
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    except (ValueError, OSError):
-        pass
-    return resource.getrlimit(resource.RLIMIT_NOFILE)
-
-
-def _open_fds() -> int:
-    try:
-        return len(os.listdir("/proc/self/fd"))
-    except OSError:
-        return FD_RESERVE
 
 
 def plan_capacity(
@@ -792,14 +771,14 @@ def run_clients(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(config.client_ids)
-    rlimit = raise_nofile_limit()
+    rlimit = limits.raise_nofile()
     ctx = zmq.Context(io_threads=1)
     try:
         capacity = plan_capacity(
             n,
             config.connect_window,
             config.max_sockets,
-            _open_fds(),
+            limits.open_fds(),
             rlimit,
             ctx.get(zmq.SOCKET_LIMIT),
         )
@@ -864,16 +843,6 @@ def _quantiles(index: np.ndarray, rtt: np.ndarray, n: int, qs: Sequence[float]) 
         result[has] = np.rint(a + (b - a) * (pos - lo)).astype(np.int64)
         out.append(result)
     return out
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary name in the same directory and rename: all or nothing."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_outputs(
@@ -1001,8 +970,7 @@ def _write_outputs(
         "libzmq": zmq.zmq_version(),
         "pid": os.getpid(),
     }
-    _write_atomically(out_dir / "rtt.parquet", lambda tmp: pq.write_table(rtt_table, tmp))
-    _write_atomically(out_dir / "clients.parquet", lambda tmp: pq.write_table(clients_table, tmp))
-    text = json.dumps(summary, indent=2) + "\n"
-    _write_atomically(out_dir / "client.json", lambda tmp: tmp.write_text(text))
+    atomic.write_parquet(out_dir / "rtt.parquet", rtt_table)
+    atomic.write_parquet(out_dir / "clients.parquet", clients_table)
+    atomic.write_json(out_dir / "client.json", summary)
     return summary
