@@ -105,6 +105,53 @@ def _add_start_option(p: argparse.ArgumentParser, default: str) -> None:
     )
 
 
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options of a measured run (`point`, `master`): clients, bounds, outputs, server."""
+    p.add_argument(
+        "--payload-bytes", type=_non_negative_int, default=64, help="bytes per payload. Default: %(default)s"
+    )
+    p.add_argument(
+        "--processes",
+        type=_positive_int,
+        default=None,
+        help="client processes sharing the clients. Default: the number of usable cores",
+    )
+    p.add_argument(
+        "--timeout-s",
+        type=_positive_float,
+        default=10.0,
+        help="seconds each client waits for an ack before recording a timeout. Default: %(default)s",
+    )
+    p.add_argument(
+        "--connect-timeout-s",
+        type=_positive_float,
+        default=60.0,
+        help="seconds for a client's handshake before it counts as not connected. Default: %(default)s",
+    )
+    p.add_argument(
+        "--deadline-s",
+        type=_positive_float,
+        default=900.0,
+        help="bound in seconds on the clients of a point (of each step). Default: %(default)s",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the server's queues go (must be new or empty). Default: OUT/queues, "
+        "deleted after verification unless --keep-queues",
+    )
+    _add_start_option(p, default="all_connected")
+    p.add_argument("--keep-queues", action="store_true", help="keep the queue files after verification")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 unless the verdict is ok (by default a run that hits a limit is a result, exit 0)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    _add_server_options(p)
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="msgprof",
@@ -216,54 +263,29 @@ def _build_parser() -> argparse.ArgumentParser:
     pnt.add_argument("--clients", type=_positive_int, required=True, help="number of clients")
     pnt.add_argument("--messages", type=_positive_int, required=True, help="messages per client")
     pnt.add_argument(
-        "--payload-bytes", type=_non_negative_int, default=64, help="bytes per payload. Default: %(default)s"
-    )
-    pnt.add_argument(
-        "--processes",
-        type=_positive_int,
-        default=None,
-        help="client processes sharing the clients. Default: the number of usable cores",
-    )
-    pnt.add_argument(
-        "--timeout-s",
-        type=_positive_float,
-        default=10.0,
-        help="seconds each client waits for an ack before recording a timeout. Default: %(default)s",
-    )
-    pnt.add_argument(
-        "--connect-timeout-s",
-        type=_positive_float,
-        default=60.0,
-        help="seconds for a client's handshake before it counts as not connected. Default: %(default)s",
-    )
-    pnt.add_argument(
-        "--deadline-s",
-        type=_positive_float,
-        default=900.0,
-        help="bound on the whole point in seconds. Default: %(default)s",
-    )
-    pnt.add_argument(
         "--first-client-id",
         type=_positive_int,
         default=1,
         help="id of the first client; the others follow. Default: %(default)s",
     )
-    pnt.add_argument(
-        "--data-dir",
-        type=Path,
-        default=None,
-        help="where the server's queues go (must be new or empty). Default: OUT/queues, "
-        "deleted after verification unless --keep-queues",
+    _add_run_options(pnt)
+
+    mst = sub.add_parser(
+        "master",
+        help="run the master test case: clients ramped up, then down, against one server",
+        description="The seed's master test case: one long-lived server; each step starts new "
+        "clients (ids keep growing) that send their messages; the steps run in the given order, "
+        "then in reverse, so the ramp-down shows what the ramp-up left behind. Each step is "
+        "recorded like a point in OUT/NN-PHASE-CxM/; OUT/master.json ties them together.",
+        epilog="example:\n  msgprof master --steps 10x100,50x200,100x400 --out results/try/master",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_start_option(pnt, default="all_connected")
-    pnt.add_argument("--keep-queues", action="store_true", help="keep the queue files after verification")
-    pnt.add_argument(
-        "--strict",
-        action="store_true",
-        help="exit 1 unless the verdict is ok (by default a point that hits a limit is a result, exit 0)",
+    mst.add_argument(
+        "--steps",
+        required=True,
+        help="ramp-up steps as CLIENTSxMESSAGES, comma separated, e.g. 10x100,50x200,100x400",
     )
-    pnt.add_argument("--out", type=Path, required=True, help="output directory (created)")
-    _add_server_options(pnt)
+    _add_run_options(mst)
     return parser
 
 
@@ -310,18 +332,16 @@ def _cmd_client(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_point(args: argparse.Namespace) -> int:
-    from msgprof.point import PointConfig, run_point
+def _run_config(args: argparse.Namespace, **fields):
+    """PointConfig from the shared run options (`point` and `master`)."""
+    from msgprof.point import PointConfig
 
-    config = PointConfig(
-        clients=args.clients,
-        messages=args.messages,
+    return PointConfig(
         payload_bytes=args.payload_bytes,
         processes=args.processes,
         timeout_s=args.timeout_s,
         connect_timeout_s=args.connect_timeout_s,
         deadline_s=args.deadline_s,
-        first_client_id=args.first_client_id,
         data_dir=args.data_dir,
         keep_queues=args.keep_queues,
         start=args.start,
@@ -332,14 +352,35 @@ def _cmd_point(args: argparse.Namespace) -> int:
         max_open_files=args.max_open_files,
         max_payload_bytes=args.max_payload_bytes,
         rlimit_nofile=args.rlimit_nofile,
+        **fields,
+    )
+
+
+def _cmd_point(args: argparse.Namespace) -> int:
+    from msgprof.point import run_point
+
+    config = _run_config(
+        args, clients=args.clients, messages=args.messages, first_client_id=args.first_client_id
     )
     result = run_point(config, args.out)
-    if args.strict and result["verdict"] != "ok":
-        return 1
-    return 0
+    return 1 if args.strict and result["verdict"] != "ok" else 0
 
 
-_COMMANDS = {"server": _cmd_server, "client": _cmd_client, "point": _cmd_point}
+def _cmd_master(args: argparse.Namespace) -> int:
+    from msgprof.master import parse_steps, run_master
+
+    steps = parse_steps(args.steps)
+    config = _run_config(args, clients=steps[0][0], messages=steps[0][1])
+    result = run_master(config, steps, args.out)
+    return 1 if args.strict and result["verdict"] != "ok" else 0
+
+
+_COMMANDS = {
+    "server": _cmd_server,
+    "client": _cmd_client,
+    "point": _cmd_point,
+    "master": _cmd_master,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -67,6 +67,10 @@ class ResourceMonitor:
         self._next_scan = 0.0
         self._last_scan = (0, 0)
 
+    def elapsed(self) -> float:
+        """Seconds since the monitor was made: the `t_s` clock of its samples."""
+        return time.monotonic() - self._t0
+
     def start(self) -> "ResourceMonitor":
         self._thread.start()
         return self
@@ -121,18 +125,19 @@ class ResourceMonitor:
         """Samples so far as a pyarrow Table with the COLUMNS above."""
         return pa.table({name: self.rows[name] for name in COLUMNS})
 
-    def summary(self) -> dict[str, Any]:
-        """Peaks and totals the point summary reports."""
-        rows = self.rows
-        if not rows["t_s"]:
-            return {"samples": 0}
-        return {
-            "samples": len(rows["t_s"]),
-            "cpu_user_s": rows["cpu_user_s"][-1],
-            "cpu_system_s": rows["cpu_system_s"][-1],
-            "peak_rss_bytes": max(rows["rss_bytes"]),
-            "peak_open_fds": max(rows["open_fds"]),
-            "peak_threads": max(rows["threads"]),
-            "peak_queue_bytes": max(rows["queue_bytes"]),
-            "peak_queue_files": max(rows["queue_files"]),
-        }
+
+def resource_summary(table: pa.Table | None) -> dict[str, Any]:
+    """Peaks and totals of a resources table (the point summary reports these)."""
+    if table is None or table.num_rows == 0:
+        return {"samples": 0}
+    column = {name: table.column(name).to_pylist() for name in table.column_names}
+    return {
+        "samples": table.num_rows,
+        "cpu_user_s": column["cpu_user_s"][-1] - column["cpu_user_s"][0],
+        "cpu_system_s": column["cpu_system_s"][-1] - column["cpu_system_s"][0],
+        "peak_rss_bytes": max(column["rss_bytes"]),
+        "peak_open_fds": max(column["open_fds"]),
+        "peak_threads": max(column["threads"]),
+        "peak_queue_bytes": max(column["queue_bytes"]),
+        "peak_queue_files": max(column["queue_files"]),
+    }

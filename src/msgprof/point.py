@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from msgprof import atomic, sysinfo
-from msgprof.monitor import ResourceMonitor
+from msgprof.monitor import ResourceMonitor, resource_summary
 from msgprof.verify import verify_queues
 
 log = logging.getLogger("msgprof.point")
@@ -179,9 +179,94 @@ def _concat_parquet(paths: list[Path]) -> pa.Table | None:
     return pa.concat_tables(tables) if tables else None
 
 
-def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
-    """Run the point, write its outputs to `out_dir`, return the point.json document."""
-    out_dir = Path(out_dir)
+class ServerRun:
+    """A `msgprof server` child process with its resource monitor: start, snapshot, stop."""
+
+    def __init__(self, config: PointConfig, data_dir: Path, work: Path, log_path: Path,
+                 procs: ChildProcesses) -> None:  # fmt: skip
+        self.config = config
+        self.data_dir = data_dir
+        self.work = work
+        self.log_path = log_path
+        self.procs = procs
+        self.process: subprocess.Popen | None = None
+        self.monitor: ResourceMonitor | None = None
+        self.endpoint: str | None = None
+        self._snapshots = 0
+
+    @property
+    def stats_path(self) -> Path:
+        return self.work / "server.json"
+
+    def start(self) -> str | None:
+        """Start the server and its monitor; the endpoint, or None if it never got ready."""
+        argv = server_argv(self.config, self.data_dir, self.work)
+        self.process = self.procs.start("server", argv, self.log_path)
+        self.endpoint = wait_ready(self.work / "ready", self.process, SERVER_START_TIMEOUT_S)
+        if self.endpoint is not None:
+            self.monitor = ResourceMonitor(self.process.pid, self.data_dir).start()
+        return self.endpoint
+
+    def snapshot(self, timeout_s: float = 30.0) -> dict[str, Any]:
+        """The running server's stats now (SIGUSR1), or {} if it does not answer in time."""
+        if self.process is None or self.process.poll() is not None:
+            return {}
+        self._snapshots += 1
+        self.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            stats = _read_json(self.stats_path)
+            if stats.get("snapshot", 0) >= self._snapshots:
+                return stats
+            time.sleep(0.02)
+        return {}
+
+    def stop(self, problems: list[str]) -> dict[str, Any]:
+        """SIGTERM, wait with a bound (then kill), stop the monitor; the final stats or {}."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                if self.process.wait(timeout=SERVER_STOP_TIMEOUT_S) != 0:
+                    problems.append("server_failed")
+            except subprocess.TimeoutExpired:
+                problems.append("server_hung")
+                self.process.kill()
+        elif self.process is not None and self.process.returncode not in (0, None):
+            problems.append("server_failed")
+        if self.monitor is not None:
+            self.monitor.stop()
+        stats = _read_json(self.stats_path)
+        return stats if stats.get("final") else {}
+
+
+@dataclass
+class Load:
+    """What the client processes of one point or step recorded."""
+
+    docs: list[dict[str, Any]]
+    rtt: pa.Table | None
+    clients: pa.Table | None
+
+
+def run_load(
+    config: PointConfig,
+    endpoint: str,
+    work: Path,
+    log_dir: Path,
+    procs: ChildProcesses,
+    problems: list[str],
+) -> Load:
+    """Run the clients of `config` against `endpoint` and gather their outputs."""
+    started = run_client_processes(config, endpoint, work, log_dir, procs, problems)
+    return Load(
+        docs=read_client_docs(work, started),
+        rtt=_concat_parquet(sorted(work.glob("client-*/rtt.parquet"))),
+        clients=_concat_parquet(sorted(work.glob("client-*/clients.parquet"))),
+    )
+
+
+def fresh_dirs(config: PointConfig, out_dir: Path) -> tuple[Path, Path]:
+    """Create out_dir, an empty work dir in it, and the data dir; return (work, data_dir)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -192,67 +277,79 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
             raise ValueError(f"--data-dir {data_dir} is not empty: a point starts on fresh queues")
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    return work, data_dir
 
+
+def write_point(
+    out_dir: Path,
+    config: PointConfig,
+    load: Load,
+    server_stats: dict[str, Any],
+    resources: pa.Table | None,
+    check: dict[str, Any] | None,
+    problems: list[str],
+    timings: dict[str, float],
+    started: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a point's (or a step's) outputs atomically; return its point.json document."""
+    if load.rtt is not None:
+        atomic.write_parquet(out_dir / "rtt.parquet", load.rtt)
+    if load.clients is not None:
+        atomic.write_parquet(out_dir / "clients.parquet", load.clients)
+    if server_stats:
+        atomic.write_json(out_dir / "server.json", server_stats)
+    if resources is not None:
+        atomic.write_parquet(out_dir / "resources.parquet", resources)
+    document = _summarise(config, started, timings, problems, server_stats, load.docs, check)
+    document.update(
+        {f"throughput_{k}" if k != "msgs_per_s" else "throughput_msgs_per_s": v
+         for k, v in throughput(load.rtt, load.docs).items()}
+    )  # fmt: skip
+    document["server"]["resources"] = resource_summary(resources)
+    document.update(extra or {})
+    atomic.write_json(out_dir / "point.json", document)
+    return document
+
+
+def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
+    """Run the point, write its outputs to `out_dir`, return the point.json document."""
+    out_dir = Path(out_dir)
+    work, data_dir = fresh_dirs(config, out_dir)
     started = time.time()
     atomic.write_json(out_dir / "limits.json", sysinfo.limits(data_dir))
     timings: dict[str, float] = {}
-    monitor: ResourceMonitor | None = None
     problems: list[str] = []
     procs = ChildProcesses()
+    server = ServerRun(config, data_dir, work, out_dir / "server.log", procs)
+    load = Load([], None, None)
     server_stats: dict[str, Any] = {}
-    client_docs: list[dict[str, Any]] = []
     try:
         t0 = time.monotonic()
-        server = procs.start("server", server_argv(config, data_dir, work), out_dir / "server.log")
-        endpoint = wait_ready(work / "ready", server, SERVER_START_TIMEOUT_S)
+        endpoint = server.start()
         timings["server_start_s"] = time.monotonic() - t0
         if endpoint is None:
             problems.append("server_failed")
         else:
             log.info("server ready at %s (%.2f s)", endpoint, timings["server_start_s"])
-            monitor = ResourceMonitor(server.pid, data_dir).start()
             t1 = time.monotonic()
-            clients = run_client_processes(config, endpoint, work, out_dir, procs, problems)
+            load = run_load(config, endpoint, work, out_dir, procs, problems)
             timings["clients_wall_s"] = time.monotonic() - t1
-            client_docs = read_client_docs(work, clients)
-            t2 = time.monotonic()
-            server.send_signal(signal.SIGTERM)
-            try:
-                code = server.wait(timeout=SERVER_STOP_TIMEOUT_S)
-                if code != 0:
-                    problems.append("server_failed")
-            except subprocess.TimeoutExpired:
-                problems.append("server_hung")
-                server.kill()
-            timings["server_stop_s"] = time.monotonic() - t2
-        server_stats = _read_json(work / "server.json")
+        t2 = time.monotonic()
+        server_stats = server.stop(problems)
+        timings["server_stop_s"] = time.monotonic() - t2
     finally:
-        if monitor is not None:
-            monitor.stop()
+        if server.monitor is not None:
+            server.monitor.stop()
         procs.kill_all()
 
-    rtt = _concat_parquet(sorted(work.glob("client-*/rtt.parquet")))
-    clients_table = _concat_parquet(sorted(work.glob("client-*/clients.parquet")))
     t3 = time.monotonic()
-    check = verify_queues(data_dir, rtt, config.payload_bytes) if config.store == "file" else None
+    check = verify_queues(data_dir, load.rtt, config.payload_bytes) if config.store == "file" else None
     timings["verify_s"] = time.monotonic() - t3
-
-    if rtt is not None:
-        atomic.write_parquet(out_dir / "rtt.parquet", rtt)
-    if clients_table is not None:
-        atomic.write_parquet(out_dir / "clients.parquet", clients_table)
-    if server_stats:
-        atomic.write_json(out_dir / "server.json", server_stats)
-    resources = monitor.summary() if monitor else {}
-    if monitor is not None:
-        atomic.write_parquet(out_dir / "resources.parquet", monitor.table())
-    document = _summarise(config, started, timings, problems, server_stats, client_docs, check)
-    document.update(
-        {f"throughput_{k}" if k != "msgs_per_s" else "throughput_msgs_per_s": v
-         for k, v in throughput(rtt, client_docs).items()}
-    )  # fmt: skip
-    document["server"]["resources"] = resources
-    atomic.write_json(out_dir / "point.json", document)
+    resources = server.monitor.table() if server.monitor else None
+    document = write_point(
+        out_dir, config, load, server_stats, resources, check, problems, timings, started
+    )
     if not config.keep_queues:
         shutil.rmtree(data_dir, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)

@@ -141,6 +141,8 @@ class Server:
         self.counters = Counters()
         self._service_ns = array.array("q")
         self._stopping = False
+        self._snapshots_wanted = 0
+        self._snapshots_written = 0
         self._started_ns = time.time_ns()
         self.endpoint: str | None = None
 
@@ -208,9 +210,15 @@ class Server:
         """Ask the loop to finish (safe from a signal handler)."""
         self._stopping = True
 
+    def request_snapshot(self, *_: Any) -> None:
+        """Ask the loop to write its stats now and go on serving (safe from a signal handler)."""
+        self._snapshots_wanted += 1
+
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop the server; SIGUSR1 writes a stats snapshot to --stats-out."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGUSR1, self.request_snapshot)
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -226,6 +234,8 @@ class Server:
                     self._drain_monitor()
                 if self.router in ready:
                     self._serve_burst()
+                if self._snapshots_wanted != self._snapshots_written:
+                    self._write_snapshot()
         finally:
             stats = self._shutdown()
         return stats
@@ -360,6 +370,16 @@ class Server:
         finally:
             conn.detach()  # the descriptor stays libzmq's to close
 
+    def _write_snapshot(self) -> None:
+        """Stats while running (`"final": false`), numbered so a reader can wait for its own."""
+        self._snapshots_written = self._snapshots_wanted
+        if self.config.stats_out is None:
+            return
+        stats = self.stats(self.store.stats(), self.store.disk_bytes(), limits.open_fds())
+        stats["final"] = False
+        stats["snapshot"] = self._snapshots_written
+        atomic.write_json(self.config.stats_out, stats)
+
     # -- shutdown ------------------------------------------------------------------------------
 
     def _shutdown(self) -> dict[str, Any]:
@@ -377,6 +397,8 @@ class Server:
         self.router.close()
         self.ctx.term()
         stats = self.stats(store_stats, disk_bytes, fds_at_stop)
+        stats["final"] = True
+        stats["snapshot"] = self._snapshots_written
         if self.config.stats_out is not None:
             atomic.write_json(self.config.stats_out, stats)
         log.info(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,8 +32,15 @@ def acked_by_client(rtt: pa.Table | None) -> dict[int, set[int]]:
     return acked
 
 
-def verify_queues(data_dir: Path, rtt: pa.Table | None, payload_bytes: int) -> dict[str, Any]:
+def verify_queues(
+    data_dir: Path,
+    rtt: pa.Table | None,
+    payload_bytes: int,
+    client_ids: Iterable[int] | None = None,
+) -> dict[str, Any]:
     """Compare the queue files under `data_dir` with the acknowledgements in `rtt`.
+
+    `client_ids` limits the check to those clients (one step of a run that shares a server).
 
     Returns counts: checked (records read), lost (acknowledged but not stored intact),
     duplicates_stored (extra copies of a seq), corrupt (payload differs from what was sent),
@@ -43,6 +50,10 @@ def verify_queues(data_dir: Path, rtt: pa.Table | None, payload_bytes: int) -> d
     acked = acked_by_client(rtt)
     reader = QueueReader(Path(data_dir))
     stored_ids = set(reader.client_ids())
+    if client_ids is not None:
+        wanted = set(client_ids)
+        stored_ids &= wanted
+        acked = {cid: seqs for cid, seqs in acked.items() if cid in wanted}
     checked = lost = duplicates = corrupt = unacked = 0
     examples: dict[str, list[str]] = defaultdict(list)
 

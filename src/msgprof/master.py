@@ -1,0 +1,211 @@
+"""The seed's master test case: one long-lived server, clients ramped up, then down again.
+
+Each step brings new clients (ids keep growing across steps) that send their messages; the
+ramp-up grows clients and messages, the ramp-down repeats the steps in reverse order against
+the same server, so it shows what the ramp-up left behind: queue files, memory, descriptors.
+Every step is recorded like a point (its own directory with point.json and Parquet files);
+`master.json` ties them together.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from msgprof import atomic, sysinfo
+from msgprof.point import (
+    ChildProcesses,
+    Load,
+    PointConfig,
+    ServerRun,
+    fresh_dirs,
+    run_load,
+    write_point,
+)
+from msgprof.verify import verify_queues
+
+log = logging.getLogger("msgprof.master")
+
+PHASES = ("ramp_up", "ramp_down")
+
+
+def parse_steps(text: str) -> list[tuple[int, int]]:
+    """Parse "10x100,50x200" into [(10, 100), (50, 200)] (clients x messages per client)."""
+    steps = []
+    for item in text.split(","):
+        clients, sep, messages = item.strip().lower().partition("x")
+        if not sep or not clients.isdigit() or not messages.isdigit():
+            raise ValueError(f"step {item!r} is not CLIENTSxMESSAGES, e.g. 10x100")
+        if int(clients) < 1 or int(messages) < 1:
+            raise ValueError(f"step {item!r}: clients and messages must be at least 1")
+        steps.append((int(clients), int(messages)))
+    if not steps:
+        raise ValueError("no steps given")
+    return steps
+
+
+def step_plan(steps: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """The ramp: steps in order, then in reverse; client ids continue from step to step."""
+    plan = []
+    next_id = 1
+    sequence = [("ramp_up", s) for s in steps] + [("ramp_down", s) for s in reversed(steps)]
+    for number, (phase, (clients, messages)) in enumerate(sequence, start=1):
+        plan.append(
+            {
+                "step": number,
+                "phase": phase,
+                "clients": clients,
+                "messages": messages,
+                "first_client_id": next_id,
+                "name": f"{number:02d}-{phase}-{clients}x{messages}",
+            }
+        )
+        next_id += clients
+    return plan
+
+
+def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Server stats of one step: counters of `after` minus `before`, levels as in `after`."""
+    if not after:
+        return {}
+    delta = dict(after)
+    for key in ("received", "stored", "unanswered", "unroutable", "reply_dropped_hwm"):
+        delta[key] = after.get(key, 0) - before.get(key, 0)
+    for key in ("replies", "rejected"):
+        diff = Counter(after.get(key, {}))
+        diff.subtract(before.get(key, {}))
+        delta[key] = {k: v for k, v in diff.items() if v}
+    conn_after, conn_before = after.get("connections", {}), before.get("connections", {})
+    connections = dict(conn_after)
+    for key in ("accepted", "disconnected", "refused", "handshake_failed"):
+        connections[key] = conn_after.get(key, 0) - conn_before.get(key, 0)
+    failed = Counter(conn_after.get("accept_failed", {}))
+    failed.subtract(conn_before.get("accept_failed", {}))
+    connections["accept_failed"] = {k: v for k, v in failed.items() if v}
+    delta["connections"] = connections
+    return delta
+
+
+def _slice(table: pa.Table | None, t_from: float, t_to: float) -> pa.Table | None:
+    """Resource samples taken between two monitor times (seconds since the monitor started)."""
+    if table is None:
+        return None
+    t = table["t_s"]
+    return table.filter(pc.and_(pc.greater_equal(t, t_from), pc.less_equal(t, t_to)))
+
+
+def run_master(base: PointConfig, steps: list[tuple[int, int]], out_dir: Path) -> dict[str, Any]:
+    """Run the ramp against one server; write a directory per step and master.json."""
+    out_dir = Path(out_dir)
+    work, data_dir = fresh_dirs(base, out_dir)
+    plan = step_plan(steps)
+    started = time.time()
+    limits = sysinfo.limits(data_dir)
+    atomic.write_json(out_dir / "limits.json", limits)
+    procs = ChildProcesses()
+    server = ServerRun(base, data_dir, work, out_dir / "server.log", procs)
+    problems: list[str] = []
+    done: list[dict[str, Any]] = []
+    final_stats: dict[str, Any] = {}
+    try:
+        endpoint = server.start()
+        if endpoint is None:
+            problems.append("server_failed")
+        previous: dict[str, Any] = {}
+        for step in plan if endpoint else []:
+            config = replace(
+                base,
+                clients=step["clients"],
+                messages=step["messages"],
+                first_client_id=step["first_client_id"],
+            )
+            step_dir = out_dir / step["name"]
+            step_work = step_dir / "work"
+            shutil.rmtree(step_work, ignore_errors=True)
+            step_work.mkdir(parents=True)
+            log.info("step %(step)d %(phase)s: %(clients)d clients x %(messages)d messages", step)
+            step_problems: list[str] = []
+            t_from = server.monitor.elapsed() if server.monitor else 0.0
+            t0 = time.monotonic()
+            load = run_load(config, endpoint, step_work, step_dir, procs, step_problems)
+            wall = time.monotonic() - t0
+            snapshot = server.snapshot()
+            t_to = server.monitor.elapsed() if server.monitor else 0.0
+            done.append(
+                {**step, "config": config, "load": load, "problems": step_problems,
+                 "server": stats_delta(previous, snapshot), "window": (t_from, t_to),
+                 "wall_s": wall, "started": time.time() - wall}
+            )  # fmt: skip
+            previous = snapshot or previous
+        final_stats = server.stop(problems)
+    finally:
+        if server.monitor is not None:
+            server.monitor.stop()
+        procs.kill_all()
+
+    resources = server.monitor.table() if server.monitor else None
+    if resources is not None:
+        atomic.write_parquet(out_dir / "resources.parquet", resources)
+    if final_stats:
+        atomic.write_json(out_dir / "server.json", final_stats)
+    summaries = []
+    for step in done:
+        step_dir = out_dir / step["name"]
+        load: Load = step["load"]
+        ids = range(step["first_client_id"], step["first_client_id"] + step["clients"])
+        check = (
+            verify_queues(data_dir, load.rtt, base.payload_bytes, client_ids=ids)
+            if base.store == "file"
+            else None
+        )
+        atomic.write_json(step_dir / "limits.json", limits)
+        document = write_point(
+            step_dir,
+            step["config"],
+            load,
+            step["server"],
+            _slice(resources, *step["window"]),
+            check,
+            step["problems"] + problems,
+            {"clients_wall_s": step["wall_s"]},
+            step["started"],
+            extra={"phase": step["phase"], "step": step["step"]},
+        )
+        shutil.rmtree(step_dir / "work", ignore_errors=True)
+        summaries.append(
+            {k: document[k] for k in ("verdict", "clients", "messages", "acked", "lost")}
+            | {"step": step["step"], "phase": step["phase"], "dir": step["name"]}
+        )
+    master = {
+        "verdict": _overall(summaries, problems, len(plan)),
+        "steps": summaries,
+        "planned_steps": len(plan),
+        "problems": problems,
+        "started_unix_s": started,
+        "ended_unix_s": time.time(),
+        "server": {k: final_stats.get(k) for k in ("received", "stored", "replies", "connections")},
+    }
+    atomic.write_json(out_dir / "master.json", master)
+    if not base.keep_queues:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("master test case: %d steps, verdict %s", len(summaries), master["verdict"])
+    return master
+
+
+def _overall(summaries: list[dict[str, Any]], problems: list[str], planned: int) -> str:
+    """ok when every planned step ran and was ok; else the first step verdict or problem."""
+    if problems:
+        return problems[0]
+    for summary in summaries:
+        if summary["verdict"] != "ok":
+            return summary["verdict"]
+    return "ok" if len(summaries) == planned else "incomplete"
