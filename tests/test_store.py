@@ -17,6 +17,7 @@ from msgprof.protocol import Status
 from msgprof.store import (
     ACK_MODES,
     RECORD_HEADER_SIZE,
+    SYNC_METHODS,
     SEGMENT_HEADER_SIZE,
     CorruptData,
     QueueReader,
@@ -69,9 +70,10 @@ def segment_bytes_on_disk(root: Path) -> int:
 # ------------------------------------------------------------------------------- round trips
 
 
+@pytest.mark.parametrize("method", SYNC_METHODS)
 @pytest.mark.parametrize("mode", ACK_MODES)
-def test_round_trip(tmp_path: Path, mode: str) -> None:
-    with QueueStore(tmp_path, ack_after=mode, flush_interval_ms=1) as store:
+def test_round_trip(tmp_path: Path, mode: str, method: str) -> None:
+    with QueueStore(tmp_path, ack_after=mode, flush_interval_ms=1, sync_method=method) as store:
         for seq in range(1, 21):
             for cid in (1, 2, 3):
                 store.append(cid, seq, payload(cid, seq))
@@ -84,7 +86,7 @@ def test_round_trip(tmp_path: Path, mode: str) -> None:
     assert reader.client_ids() == [1, 2, 3]
     for cid in (1, 2, 3):
         assert stored(tmp_path, cid) == list(range(1, 21))
-    reopen_and_extend(tmp_path, 3, 20, 25, ack_after=mode)
+    reopen_and_extend(tmp_path, 3, 20, 25, ack_after=mode, sync_method=method)
     assert stored(tmp_path, 3) == list(range(1, 26))
 
 
@@ -322,20 +324,26 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+@pytest.mark.parametrize("method", ["fdatasync", "syncfs"])
 @pytest.mark.parametrize("mode", ["write", "fsync"])
-def test_open_handles_stay_under_the_cap(tmp_path: Path, mode: str) -> None:
+def test_open_handles_stay_under_the_cap(tmp_path: Path, mode: str, method: str) -> None:
     baseline = open_fds()
-    with QueueStore(tmp_path, ack_after=mode, max_open_files=8, sync_threads=2) as store:
+    with QueueStore(
+        tmp_path, ack_after=mode, max_open_files=8, sync_threads=2, sync_method=method
+    ) as store:
         for seq in range(1, 4):
             for cid in range(1, 51):
                 store.append(cid, seq, payload(cid, seq))
             assert store.commit() == {}
-            assert open_fds() - baseline <= 8 + 1  # the segments plus the directory lock
+            # the segments, the directory lock and (syncfs) the root directory
+            assert open_fds() - baseline <= 8 + 1 + (method == "syncfs")
         stats = store.stats()
         assert stats["peak_open_handles"] == 8 and stats["open_handles"] <= 8
         assert stats["handle_evictions"] >= 3 * 50 - 8
-        if mode == "fsync":
+        if mode == "fsync" and method == "fdatasync":
             assert stats["fsyncs"] == 3 * 50  # eviction syncs count as the file's one sync
+        elif mode == "fsync":  # evicted files are left to the commit's one syncfs
+            assert (stats["fsyncs"], stats["syncfs"], stats["dir_fsyncs"]) == (0, 3, 0)
     assert open_fds() == baseline
     for cid in (1, 25, 50):
         assert stored(tmp_path, cid) == [1, 2, 3]
@@ -346,7 +354,9 @@ def test_open_handles_stay_under_the_cap(tmp_path: Path, mode: str) -> None:
 
 @pytest.mark.parametrize("max_open_files", [256, 3])
 def test_fsync_mode_group_commit(tmp_path: Path, max_open_files: int) -> None:
-    with QueueStore(tmp_path, ack_after="fsync", max_open_files=max_open_files) as store:
+    with QueueStore(
+        tmp_path, ack_after="fsync", max_open_files=max_open_files, sync_method="fdatasync"
+    ) as store:
         fill(store, 1, 1)
         for cid in range(2, 11):
             fill(store, cid, 1)  # segment files exist now
@@ -360,13 +370,195 @@ def test_fsync_mode_group_commit(tmp_path: Path, max_open_files: int) -> None:
         assert store.stats()["fsyncs"] - before == 10  # nothing pending: no sync
 
 
-def test_write_mode_syncs_only_on_flush(tmp_path: Path) -> None:
-    store = QueueStore(tmp_path, ack_after="write", max_open_files=2)
+def test_syncfs_mode_recovers_a_torn_tail_and_rolls_segments(tmp_path: Path) -> None:
+    """Segments started under syncfs (no fdatasync, no directory fsync of their own) roll,
+    a torn tail is cut at reopen, and appends go on in syncfs mode."""
+    record = RECORD_HEADER_SIZE + 40
+    options = dict(
+        ack_after="fsync", sync_method="syncfs", segment_bytes=SEGMENT_HEADER_SIZE + 3 * record
+    )
+    with QueueStore(tmp_path, **options) as store:
+        for seq in range(1, 8):
+            for cid in (1, 2):
+                store.append(cid, seq, payload(cid, seq))
+            assert store.commit() == {}
+        stats = store.stats()
+        assert (stats["segments_created"], stats["syncfs"]) == (6, 7)
+        assert (stats["fsyncs"], stats["dir_fsyncs"]) == (0, 0)
+    assert [p.name for p in segments(tmp_path, 1)] == [segment_name(s) for s in (1, 4, 7)]
+    newest = segments(tmp_path, 2)[-1]
+    with open(newest, "ab") as f:
+        f.write(encode_record(8, payload(2, 8))[:-5])  # a record torn by a crash
+    with QueueStore(tmp_path, **options) as store:
+        assert [(c.client_id, c.reason) for c in store.recovery] == [(2, "incomplete_record")]
+        assert store.last_seq(2) == 7
+        fill(store, 2, 9)
+    with QueueStore(tmp_path, **options) as store:
+        assert store.recovery == []
+    assert stored(tmp_path, 1) == list(range(1, 8))
+    assert stored(tmp_path, 2) == list(range(1, 10))
+
+
+@pytest.mark.parametrize("max_open_files", [256, 8])
+def test_syncfs_once_per_commit(tmp_path: Path, max_open_files: int) -> None:
+    """50 clients in one commit: one syncfs, no fdatasync; new clients' segments and
+    directories included (no fsync of their own)."""
+    with QueueStore(
+        tmp_path, ack_after="fsync", sync_method="syncfs", max_open_files=max_open_files
+    ) as store:
+        for seq in (1, 2, 3):
+            before = store.stats()
+            for cid in range(1, 51):
+                store.append(cid, seq, payload(cid, seq))
+            assert store.commit() == {}
+            after = store.stats()
+            assert after["syncfs"] - before["syncfs"] == 1
+            assert after["fsyncs"] == after["dir_fsyncs"] == 0
+        assert store.stats()["segments_created"] == 50
+    for cid in (1, 25, 50):
+        assert stored(tmp_path, cid) == [1, 2, 3]
+
+
+def test_auto_sync_method_choice(tmp_path: Path) -> None:
+    """auto: fdatasync for one or two existing files, one syncfs from three files on or as
+    soon as a segment is new."""
+    with QueueStore(tmp_path, ack_after="fsync") as store:
+        assert store.sync_method == store.stats()["sync_method"] == "auto"
+        fill(store, 1, 1)  # a new segment: syncfs
+        assert (store.stats()["syncfs"], store.stats()["fsyncs"]) == (1, 0)
+        fill(store, 1, 2)  # one file: fdatasync
+        assert (store.stats()["syncfs"], store.stats()["fsyncs"]) == (1, 1)
+        for cid in (2, 3):
+            fill(store, cid, 1)
+        assert store.stats()["syncfs"] == 3
+        expected = {2: (3, 3), 3: (4, 3)}  # files in the commit: (syncfs, fsyncs) after it
+        for files, counts in expected.items():
+            for cid in range(1, files + 1):
+                store.append(cid, store.last_seq(cid) + 1, b"x")
+            assert store.commit() == {}
+            assert (store.stats()["syncfs"], store.stats()["fsyncs"]) == counts
+        assert store.stats()["dir_fsyncs"] == 0
+
+
+def test_syncfs_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto falls back to fdatasync where syncfs is missing or cannot report I/O errors
+    (Linux < 5.8); asking for syncfs there is refused."""
+    import msgprof.store as store_module
+
+    for patch in (("_load_syncfs", lambda: None), ("_kernel_version", lambda: (5, 7))):
+        monkeypatch.setattr(store_module, *patch)
+        with QueueStore(tmp_path, ack_after="fsync") as store:
+            assert store.sync_method == "fdatasync"
+            for cid in (1, 2, 3):
+                fill(store, cid, 2)
+            assert store.stats()["syncfs"] == 0
+        with pytest.raises(ValueError, match="syncfs"):
+            QueueStore(tmp_path, sync_method="syncfs")
+        monkeypatch.undo()
+    with pytest.raises(ValueError):
+        QueueStore(tmp_path, sync_method="fsync")
+    QueueStore(tmp_path).close()  # a refused store left the directory free
+
+
+def failing_syncfs(fd: int) -> None:
+    raise OSError(errno.EIO, "Input/output error")
+
+
+@pytest.mark.parametrize("max_open_files", [256, 4])
+def test_failed_syncfs_rolls_back_every_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_open_files: int
+) -> None:
+    """A failed syncfs does not say which file failed: every client of that commit is rolled
+    back (existing segments cut, new ones removed, last_seq restored), none is taken as
+    synced, and the store reopens with nothing half-written."""
+    record = RECORD_HEADER_SIZE + 40
+    options = dict(
+        ack_after="fsync",
+        sync_method="syncfs",
+        max_open_files=max_open_files,
+        segment_bytes=SEGMENT_HEADER_SIZE + 3 * record,
+    )
+    store = QueueStore(tmp_path, **options)
+    for cid in range(1, 21):
+        fill(store, cid, 2)
+    fill(store, 1, 3)  # client 1's segment is full: its next record starts a segment
+    sizes = {p: p.stat().st_size for p in tmp_path.glob("*/*.seg")}
+    disk = store.disk_bytes()
+    monkeypatch.setattr(store, "_syncfs", failing_syncfs)
+    for cid in range(1, 51):  # 20 known clients (one rolling a segment) and 30 new ones
+        store.append(cid, store.last_seq(cid) + 1, payload(cid, 0, 100))
+    failures = store.commit()
+    assert sorted(failures) == list(range(1, 51))
+    assert all(isinstance(e, StorageFailure) and "syncfs" in str(e) for e in failures.values())
+    assert store.stats()["rolled_back_records"] == 50
+    assert store.stats()["flush_errors"] == {"storage_error": 1}  # one failed call
+    assert store.stats()["poisoned_clients"] == 0
+    assert [store.last_seq(cid) for cid in (1, 2, 21)] == [3, 2, 0]
+    assert {p: p.stat().st_size for p in tmp_path.glob("*/*.seg")} == sizes
+    assert store.disk_bytes() == disk
+    monkeypatch.undo()
+    fill(store, 2, 3)  # the clients resend: written and synced afresh
+    fill(store, 1, 4)  # the new segment again
+    store.close()
+    with QueueStore(tmp_path, **options) as store:
+        assert store.recovery == []
+        assert [store.last_seq(cid) for cid in (1, 2, 3, 21)] == [4, 3, 2, 0]
+    assert [p.name for p in segments(tmp_path, 1)] == [segment_name(1), segment_name(4)]
+    assert stored(tmp_path, 1) == [1, 2, 3, 4]
+    assert stored(tmp_path, 2) == [1, 2, 3]
+
+
+def flush_with_failing_syncfs(store: QueueStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commit records of clients 1-3, then flush() with a failing syncfs: all three fail."""
+    for cid in (1, 2, 3):
+        fill(store, cid, 2)
+    monkeypatch.setattr(store, "_syncfs", failing_syncfs)
+    with pytest.raises(StorageFailure) as info:
+        store.flush()
+    assert sorted(info.value.failures) == [1, 2, 3]  # type: ignore[attr-defined]
+    monkeypatch.undo()
+
+
+def test_failed_syncfs_in_a_buffer_flush(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flush's clients keep their data buffered; the next flush writes it afresh."""
+    store = QueueStore(tmp_path, ack_after="buffer", flush_interval_ms=60_000)
+    flush_with_failing_syncfs(store, monkeypatch)
+    assert store.stats()["buffered_bytes"] > 0
+    assert segment_bytes_on_disk(tmp_path) == 0  # the new segments were removed again
+    store.close()
+    for cid in (1, 2, 3):
+        assert stored(tmp_path, cid) == [1, 2]
+
+
+def test_failed_syncfs_in_a_write_mode_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """flush() cannot know what reached the disk: every client it covered is refused until
+    the store is reopened."""
+    store = QueueStore(tmp_path, ack_after="write")
+    flush_with_failing_syncfs(store, monkeypatch)
+    assert store.stats()["poisoned_clients"] == 3
+    store.append(1, 3, b"x")
+    assert isinstance(store.commit()[1], StorageFailure)
+    store.close()
+    with QueueStore(tmp_path) as store:
+        assert store.recovery == []
+        assert store.last_seq(1) == 2
+
+
+@pytest.mark.parametrize(("method", "fsyncs", "syncfs"), [("fdatasync", 5, 0), ("auto", 0, 1)])
+def test_write_mode_syncs_only_on_flush(
+    tmp_path: Path, method: str, fsyncs: int, syncfs: int
+) -> None:
+    store = QueueStore(tmp_path, ack_after="write", max_open_files=2, sync_method=method)
     for cid in range(1, 6):
         fill(store, cid, 3)
-    assert store.stats()["fsyncs"] == 0
-    store.close()  # flush: each written file once, open or evicted
-    assert store.stats()["fsyncs"] == 5
+    assert (store.stats()["fsyncs"], store.stats()["syncfs"]) == (0, 0)
+    store.close()  # flush: each written file once, open or evicted, or all with one syncfs
+    assert (store.stats()["fsyncs"], store.stats()["syncfs"]) == (fsyncs, syncfs)
+    assert store.stats()["dir_fsyncs"] == (6 if method == "fdatasync" else 0)  # root + 5 clients
+    for cid in range(1, 6):
+        assert stored(tmp_path, cid) == [1, 2, 3]
 
 
 @pytest.mark.parametrize("max_open_files", [256, 1])
@@ -490,7 +682,8 @@ def test_buffer_mode_flushes_in_the_background(tmp_path: Path) -> None:
             time.sleep(0.005)
         assert store.stats()["buffered_bytes"] == 0
         assert stored(tmp_path, 1) == list(range(1, 11))
-        assert store.stats()["fsyncs"] >= 1
+        # the first flush started a segment (syncfs), later ones fdatasync the one file
+        assert store.stats()["syncfs"] == 1
 
 
 def test_buffer_mode_backpressure_writes_synchronously(tmp_path: Path) -> None:

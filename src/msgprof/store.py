@@ -2,7 +2,8 @@
 
 The server appends every accepted message here and acknowledges it once it has reached the
 configured acknowledgement point (`ack_after`): in the process buffer, written to the OS, or
-covered by fdatasync. docs/storage.md is the on-disk contract; this module implements it.
+made durable (`sync_method`: fdatasync of each file, or one syncfs of the filesystem per commit).
+docs/storage.md is the on-disk contract; this module implements it.
 
 Layout: ``root/<client_id>/<first_seq as 20 digits>.seg``. A segment is a 24-byte header followed by
 records ``payload_len u32 | crc32 u32 | seq u64 | payload`` (little-endian, CRC over the 8 seq
@@ -16,16 +17,19 @@ flusher thread writes and syncs the buffered records every `flush_interval_ms`.
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
 import fcntl
+import functools
 import itertools
 import logging
 import os
+import platform
 import re
 import struct
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,7 @@ from msgprof.protocol import MAX_CLIENT_ID, Status
 
 __all__ = [
     "ACK_MODES",
+    "SYNC_METHODS",
     "CorruptData",
     "QueueReader",
     "QueueStore",
@@ -49,6 +54,11 @@ __all__ = [
 ]
 
 ACK_MODES = ("buffer", "write", "fsync")
+SYNC_METHODS = ("auto", "fdatasync", "syncfs")
+#: "auto" takes one syncfs instead of fdatasyncs from this many files written in one batch on.
+SYNCFS_MIN_FILES = 3
+#: syncfs(2) reports write-back errors (errseq on the superblock) only from Linux 5.8 on.
+SYNCFS_MIN_KERNEL = (5, 8)
 _log = logging.getLogger(__name__)
 
 #: Segment file header: magic | version u16 | header_size u16 | client_id u32 | first_seq u64 |
@@ -306,6 +316,43 @@ def _fdatasync_result(fd: int) -> OSError | None:
     return None
 
 
+@functools.cache
+def _load_syncfs() -> Callable[[int], None] | None:
+    """syncfs(2) through libc as `f(fd)` raising OSError, or None where libc has none."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        if fn(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return syncfs
+
+
+def _kernel_version() -> tuple[int, int]:
+    """(major, minor) of the running Linux kernel; (0, 0) elsewhere or when unreadable."""
+    if platform.system() != "Linux":
+        return (0, 0)
+    match = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def _fdatasync_path(path: str) -> OSError | None:
+    """Open a closed file again and fdatasync it; the error, if any."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc
+    try:
+        return _fdatasync_result(fd)
+    finally:
+        os.close(fd)
+
+
 def _check_client_id(client_id: int) -> int:
     if type(client_id) is not int or not 1 <= client_id <= MAX_CLIENT_ID:
         raise ValueError(f"client_id must be an int in 1..{MAX_CLIENT_ID}, got {client_id!r}")
@@ -328,6 +375,7 @@ class _Client:
         "error",
         "has_dir",
         "last_seq",
+        "new_seg",
         "pending",
         "pending_bytes",
         "pending_first",
@@ -354,8 +402,11 @@ class _Client:
         self.poisoned = False  # the file could not be restored after a failure: never write again
         self.seg_path: str | None = None  # the segment appends go to (the newest)
         self.seg_size = 0
-        self.unsynced = False  # written since the last fdatasync
-        self.sync_before = 0  # segment size before the write awaiting fdatasync
+        self.unsynced = False  # written since the last sync
+        self.sync_before = 0  # segment size before the write awaiting its sync
+        # (path, size) of the previous newest segment while a segment started in this batch
+        # awaits the batch's syncfs: a failed syncfs removes the new one and restores these.
+        self.new_seg: tuple[str | None, int] | None = None
         self.sync_error: StoreError | None = None  # that fdatasync failed when evicted
 
 
@@ -364,6 +415,12 @@ class QueueStore:
 
     Opening the store recovers it (see `recovery`); `append` buffers a record in memory and
     `commit` brings everything appended since the last commit to the `ack_after` point.
+
+    `sync_method` says how written files are made durable (``fsync`` commits, ``buffer``
+    flushes, `flush`): ``fdatasync`` each file; ``syncfs`` once for the store's filesystem
+    after all files of the batch are written; ``auto`` syncfs for batches of
+    SYNCFS_MIN_FILES files or more or with a new segment, else fdatasync. `sync_method` is
+    the effective one: ``auto`` becomes ``fdatasync`` where syncfs is unavailable.
     """
 
     def __init__(
@@ -376,9 +433,12 @@ class QueueStore:
         segment_bytes: int = 64 << 20,
         max_buffer_bytes: int = 64 << 20,
         sync_threads: int = 4,
+        sync_method: str = "auto",
     ) -> None:
         if ack_after not in ACK_MODES:
             raise ValueError(f"ack_after must be one of {ACK_MODES}, got {ack_after!r}")
+        if sync_method not in SYNC_METHODS:
+            raise ValueError(f"sync_method must be one of {SYNC_METHODS}, got {sync_method!r}")
         if max_open_files < 1:
             raise ValueError("max_open_files must be at least 1")
         if segment_bytes <= SEGMENT_HEADER_SIZE:
@@ -387,7 +447,11 @@ class QueueStore:
             raise ValueError("max_buffer_bytes, flush_interval_ms and sync_threads must be > 0")
         self.root = Path(root)
         self.ack_after = ack_after
-        self._durable = ack_after != "write"  # every write is followed by fdatasync
+        self._durable = ack_after != "write"  # every write is followed by a sync
+        self.sync_method = sync_method
+        self._syncfs: Callable[[int], None] | None = None  # the hook; None: fdatasync only
+        self._root_fd = -1  # syncfs is called on it (its errseq sample tracks what we saw)
+        self._batch_syncfs = False  # the batch being written ends in one syncfs
         self._flush_interval = flush_interval_ms / 1000.0
         self._max_open = max_open_files
         self._segment_bytes = segment_bytes
@@ -410,6 +474,7 @@ class QueueStore:
                 "bytes_written",
                 "commits",
                 "fsyncs",
+                "syncfs",
                 "dir_fsyncs",
                 "peak_open_handles",
                 "handle_evictions",
@@ -435,6 +500,12 @@ class QueueStore:
         except BaseException:
             os.close(self._lock_fd)
             raise
+        if sync_method != "fdatasync":
+            try:
+                self._setup_syncfs()
+            except BaseException:
+                os.close(self._lock_fd)
+                raise
         self._sync_pool: ThreadPoolExecutor | None = None
         if self._durable and sync_threads > 1:
             self._sync_pool = ThreadPoolExecutor(sync_threads, "msgprof-store-sync")
@@ -445,6 +516,34 @@ class QueueStore:
                 target=self._flusher_loop, name="msgprof-store-flusher", daemon=True
             )
             self._flusher.start()
+
+    def _setup_syncfs(self) -> None:
+        """Enable syncfs if libc has it, the kernel reports write-back errors through it and a
+        first call on the root directory works. That call also takes in any write-back error
+        the filesystem had before this store opened, so no commit is blamed for it. Otherwise
+        ``auto`` falls back to fdatasync and ``syncfs`` raises ValueError."""
+        fn = _load_syncfs()
+        if fn is None:
+            problem = "libc has no syncfs()"
+        elif _kernel_version() < SYNCFS_MIN_KERNEL:
+            problem = f"Linux {platform.release()} < 5.8: syncfs() does not report I/O errors"
+        else:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fn(fd)
+            except OSError as exc:
+                if exc.errno not in (errno.EIO, *_FULL_ERRNOS):
+                    os.close(fd)
+                    fn, problem = None, f"syncfs() failed: {exc.strerror or exc}"
+                else:
+                    _log.warning("%s: an earlier write-back error: %s", self.root, exc)
+            if fn is not None:
+                self._syncfs, self._root_fd = fn, fd
+                return
+        if self.sync_method == "syncfs":
+            raise ValueError(f"sync_method 'syncfs' is not available: {problem}")
+        _log.info("%s: fdatasync only (%s)", self.root, problem)
+        self.sync_method = "fdatasync"
 
     # ------------------------------------------------------------------------------ recovery
 
@@ -628,7 +727,8 @@ class QueueStore:
         self, batch: list[tuple[_Client, list[bytes], int]]
     ) -> dict[int, StoreError]:
         """Write each client's records (one os.write per client) and, in buffer/fsync mode,
-        fdatasync every file written (group commit: one fdatasync per file per batch).
+        sync every file written (group commit: one fdatasync per file, or one syncfs, per
+        batch; the method is chosen before writing, see _wants_syncfs).
 
         Returns the failed clients. A failed client's file is restored to its size before the
         batch (no torn record stays behind); if even that fails the client is poisoned.
@@ -636,17 +736,36 @@ class QueueStore:
         """
         failures: dict[int, StoreError] = {}
         to_sync: list[_Client] = []
-        for st, parts, first_seq in batch:
-            try:
-                self._write(st, parts, first_seq)
-            except StoreError as err:
-                failures[st.cid] = err
-                continue
-            if self._durable:
-                to_sync.append(st)
-        if to_sync:
-            self._sync_written(to_sync, failures)
+        self._batch_syncfs = self._durable and self._wants_syncfs(
+            sum(not st.poisoned for st, _, _ in batch),
+            any(self._starts_segment(st) for st, _, _ in batch),
+        )
+        try:
+            for st, parts, first_seq in batch:
+                try:
+                    self._write(st, parts, first_seq)
+                except StoreError as err:
+                    failures[st.cid] = err
+                    continue
+                if self._durable:
+                    to_sync.append(st)
+            if to_sync and self._batch_syncfs:
+                self._syncfs_written(to_sync, failures)
+            elif to_sync:
+                self._sync_written(to_sync, failures)
+        finally:
+            self._batch_syncfs = False
         return failures
+
+    def _wants_syncfs(self, files: int, new_segment: bool) -> bool:
+        """Whether syncing `files` files (`new_segment`: one of them, or a directory entry,
+        is new) takes one syncfs rather than fdatasyncs."""
+        if self._syncfs is None or files == 0:
+            return False
+        return self.sync_method == "syncfs" or files >= SYNCFS_MIN_FILES or new_segment
+
+    def _starts_segment(self, st: _Client) -> bool:
+        return not st.poisoned and (st.seg_path is None or st.seg_size >= self._segment_bytes)
 
     def _write(self, st: _Client, parts: list[bytes], first_seq: int) -> None:
         """Append records to the client's newest segment (a new one when it is full). Raises
@@ -655,7 +774,7 @@ class QueueStore:
         if st.poisoned:  # a fresh error each time: re-raising one would grow its traceback
             raise StorageFailure(f"client {st.cid}: queue file unusable until the store reopens")
         data = b"".join(parts)
-        if st.seg_path is None or st.seg_size >= self._segment_bytes:
+        if self._starts_segment(st):
             self._write_new_segment(st, data, first_seq)
             return
         before = st.seg_size
@@ -697,15 +816,61 @@ class QueueStore:
                 failures[st.cid] = self._failed(exc, f"client {st.cid}: fdatasync")
                 self._truncate_fd(st, fd, st.sync_before)
 
+    def _syncfs_written(self, written: list[_Client], failures: dict[int, StoreError]) -> None:
+        """One syncfs for every file written in this batch, the new segments and directory
+        entries included. A failed syncfs leaves every one of those files in an unknown state
+        (it does not say which one failed): each client of the batch is rolled back, as for a
+        failed fdatasync, and none is retried as if it had succeeded."""
+        err = self._syncfs_all()
+        for st in written:
+            new_seg, st.new_seg = st.new_seg, None
+            if not st.unsynced:  # poisoned meanwhile: its error is already set
+                continue
+            st.unsynced = False
+            if err is not None:
+                failures[st.cid] = _client_error(err, st.cid)
+                self._undo_write(st, new_seg)
+
+    def _syncfs_all(self) -> StoreError | None:
+        """Call the syncfs hook on the root; None on success, which also makes the pending
+        directory entries durable, else the error (counted once)."""
+        self._counts["syncfs"] += 1
+        try:
+            self._syncfs(self._root_fd)  # type: ignore[misc]
+        except OSError as exc:
+            return self._failed(exc, "syncfs")
+        self._unsynced_dirs.clear()
+        return None
+
+    def _undo_write(self, st: _Client, new_seg: tuple[str | None, int] | None) -> None:
+        """Take back a batch's write after its sync failed: a segment started in the batch is
+        removed (the previous one is the newest again), else the file is cut to its old size."""
+        if new_seg is None:
+            self._truncate_fd(st, self._fds.get(st.cid), st.sync_before)
+            return
+        path = st.seg_path
+        self._release_fd(st)
+        try:
+            os.unlink(path)  # type: ignore[arg-type]
+        except OSError as exc:
+            self._poison(st, exc)
+            return
+        self._disk_bytes -= st.seg_size
+        st.seg_path, st.seg_size = new_seg
+
     def _failed(self, exc: OSError, what: str) -> StoreError:
         err = StoreError.from_oserror(exc, what)
         self._flush_errors[err.kind] += 1
         return err
 
-    def _truncate_fd(self, st: _Client, fd: int, size: int) -> None:
-        """Cut a failed write off again; poison the client if the file cannot be restored."""
+    def _truncate_fd(self, st: _Client, fd: int | None, size: int) -> None:
+        """Cut a failed write off again (through `fd`, or the path when the file is closed);
+        poison the client if the file cannot be restored."""
         try:
-            os.ftruncate(fd, size)
+            if fd is None:
+                os.truncate(st.seg_path, size)  # type: ignore[arg-type]
+            else:
+                os.ftruncate(fd, size)
         except OSError as exc:
             self._poison(st, exc)
             return
@@ -714,8 +879,9 @@ class QueueStore:
 
     def _write_new_segment(self, st: _Client, data: bytes, first_seq: int) -> None:
         """Start a segment named after its first record; header and records go in one write.
-        Rare, so in buffer/fsync mode the file and its directory are synced right away. On
-        failure the new file is removed and the previous segment stays the newest."""
+        In buffer/fsync mode the file and its directory are synced right away, unless the batch
+        ends in a syncfs: that covers them (and a failed one removes the file again, st.new_seg).
+        On failure the new file is removed and the previous segment stays the newest."""
         path = os.path.join(st.dir, segment_name(first_seq))
         fd = -1
         try:
@@ -729,7 +895,7 @@ class QueueStore:
             data = segment_header(st.cid, first_seq) + data
             _write_all(fd, data)
             self._unsynced_dirs.add(str(st.dir))
-            if self._durable:
+            if self._durable and not self._batch_syncfs:
                 self._counts["fsyncs"] += 1
                 os.fdatasync(fd)
                 self._sync_dirs()
@@ -742,8 +908,10 @@ class QueueStore:
                 except OSError as uexc:
                     self._poison(st, uexc)
             raise err from exc
+        if self._batch_syncfs:
+            st.new_seg = (st.seg_path, st.seg_size)
         st.seg_path, st.seg_size = path, len(data)
-        st.unsynced = not self._durable
+        st.unsynced = not self._durable or self._batch_syncfs
         self._disk_bytes += len(data)
         self._counts["bytes_written"] += len(data)
         self._counts["segments_created"] += 1
@@ -796,10 +964,10 @@ class QueueStore:
     def _close_fd(self, st: _Client, fd: int) -> None:
         """Close a segment's descriptor. In buffer/fsync mode a file written in the current
         batch but not yet synced is fdatasynced first (a failure cuts the batch's bytes off
-        again and is reported through st.sync_error); in write mode it is remembered for
-        `flush`."""
+        again and is reported through st.sync_error), unless the batch ends in a syncfs,
+        which covers closed files too; in write mode it is remembered for `flush`."""
         try:
-            if st.unsynced:
+            if st.unsynced and not self._batch_syncfs:
                 st.unsynced = False
                 if not self._durable:
                     self._unsynced_paths.add(st.seg_path)  # type: ignore[arg-type]
@@ -854,7 +1022,7 @@ class QueueStore:
         return failures
 
     def flush(self) -> None:
-        """Write and fdatasync everything committed but not yet durable.
+        """Write and sync everything committed but not yet durable.
 
         Records appended but not committed are left alone (they were never acknowledged).
         Raises a StoreError summarising the failures after trying every file.
@@ -863,27 +1031,13 @@ class QueueStore:
         if self.ack_after == "buffer":
             failures.update(self._flush_buffered())
         with self._io_lock:
-            for cid, fd in list(self._fds.items()):  # write mode: written, never synced
-                st = self._clients[cid]
-                if st.unsynced:
-                    st.unsynced = False
-                    self._counts["fsyncs"] += 1
-                    exc = _fdatasync_result(fd)
-                    if exc is not None:
-                        failures[cid] = self._failed_sync(st, exc)
-            for path in sorted(self._unsynced_paths):  # write mode: closed since written
-                self._counts["fsyncs"] += 1
-                try:
-                    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-                except OSError as exc:
-                    result: OSError | None = exc
-                else:
-                    result = _fdatasync_result(fd)
-                    os.close(fd)
-                if result is not None:
-                    cid = int(os.path.basename(os.path.dirname(path)))
-                    failures[cid] = self._failed_sync(self._clients[cid], result)
-            self._unsynced_paths.clear()
+            # write mode: files written and never synced, open ones and closed ones
+            open_fds = [(cid, fd) for cid, fd in self._fds.items() if self._clients[cid].unsynced]
+            closed = sorted(self._unsynced_paths)
+            if self._wants_syncfs(len(open_fds) + len(closed), bool(self._unsynced_dirs)):
+                failures.update(self._syncfs_flush(open_fds, closed))
+            else:
+                self._fdatasync_flush(open_fds, closed, failures)
             errors = list(failures.values())
             try:
                 self._sync_dirs()
@@ -892,12 +1046,43 @@ class QueueStore:
         if errors:
             raise _summary(errors, failures, "flush")
 
-    def _failed_sync(self, st: _Client, exc: OSError) -> StoreError:
-        """A failed fdatasync is never retried: what it covered is in an unknown state, so the
-        client takes no more appends until the store is reopened and recovered."""
-        err = self._failed(exc, f"client {st.cid}: fdatasync")
+    def _syncfs_flush(
+        self, open_fds: list[tuple[int, int]], closed: list[str]
+    ) -> dict[int, StoreError]:
+        """flush() with one syncfs; when it fails, every file it was to cover is in an
+        unknown state: each of those clients is poisoned (its records were acknowledged)."""
+        cids = {cid for cid, _ in open_fds} | {_path_client(path) for path in closed}
+        for cid, _ in open_fds:
+            self._clients[cid].unsynced = False
+        self._unsynced_paths.clear()
+        err = self._syncfs_all()
+        if err is None:
+            return {}
+        return {
+            cid: self._failed_sync(self._clients[cid], _client_error(err, cid), "syncfs")
+            for cid in sorted(cids)
+        }
+
+    def _fdatasync_flush(
+        self, open_fds: list[tuple[int, int]], closed: list[str], failures: dict[int, StoreError]
+    ) -> None:
+        """flush() with one fdatasync per file (closed files are reopened for it)."""
+        for cid, _ in open_fds:
+            self._clients[cid].unsynced = False
+        self._unsynced_paths.clear()
+        results = [(cid, _fdatasync_result(fd)) for cid, fd in open_fds]
+        results += [(_path_client(path), _fdatasync_path(path)) for path in closed]
+        self._counts["fsyncs"] += len(results)
+        for cid, exc in results:
+            if exc is not None:
+                err = self._failed(exc, f"client {cid}: fdatasync")
+                failures[cid] = self._failed_sync(self._clients[cid], err)
+
+    def _failed_sync(self, st: _Client, err: StoreError, what: str = "fdatasync") -> StoreError:
+        """A failed sync in flush() is never retried: what it covered is in an unknown state, so
+        the client takes no more appends until the store is reopened and recovered."""
         st.poisoned = True
-        st.error = StorageFailure(f"client {st.cid}: fdatasync failed, file state unknown")
+        st.error = StorageFailure(f"client {st.cid}: {what} failed, file state unknown")
         return err
 
     def close(self) -> None:
@@ -924,6 +1109,8 @@ class QueueStore:
                 while self._fds:
                     _, fd = self._fds.popitem()
                     os.close(fd)
+            if self._root_fd >= 0:
+                os.close(self._root_fd)
             os.close(self._lock_fd)
 
     def __enter__(self) -> Self:
@@ -945,12 +1132,25 @@ class QueueStore:
             buffered_bytes=self._buffered_bytes,
             poisoned_clients=sum(st.poisoned for st in list(self._clients.values())),
             disk_bytes=self._disk_bytes,
+            sync_method=self.sync_method,
         )
         return counts
 
     def disk_bytes(self) -> int:
         """Bytes in the segment files this store knows (found at open plus written since)."""
         return self._disk_bytes
+
+
+def _path_client(path: str) -> int:
+    """The client id of a segment path (its directory's name)."""
+    return int(os.path.basename(os.path.dirname(path)))
+
+
+def _client_error(err: StoreError, cid: int) -> StoreError:
+    """A client's own copy of an error that hit a whole batch (one object per client)."""
+    copy = type(err)(f"client {cid}: {err}", errno_=err.errno)
+    copy.__cause__ = err.__cause__
+    return copy
 
 
 def _summary(errors: list[StoreError], failures: dict[int, StoreError], what: str) -> StoreError:
