@@ -44,7 +44,7 @@ def _positive_float(text: str) -> float:
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     """Server options shared by `server` and `point` (same names, same defaults)."""
-    from msgprof.store import ACK_MODES
+    from msgprof.store import ACK_MODES, SYNC_METHODS
 
     p.add_argument(
         "--ack-after",
@@ -53,6 +53,14 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         help="when a message is acknowledged: buffer (in process memory, flushed every "
         "--flush-interval-ms), write (reached the OS: survives a killed server), fsync "
         "(fdatasync'd by group commit: survives power loss). Default: %(default)s",
+    )
+    p.add_argument(
+        "--sync-method",
+        choices=SYNC_METHODS,
+        default="auto",
+        help="how fsync mode and the flusher make data durable: fdatasync (each file), syncfs "
+        "(one call for the whole filesystem: group commit across clients) or auto (syncfs from "
+        "3 files on). Default: %(default)s",
     )
     p.add_argument(
         "--flush-interval-ms",
@@ -298,6 +306,7 @@ def _cmd_server(args: argparse.Namespace) -> int:
         bind=args.bind,
         store=args.store,
         ack_after=args.ack_after,
+        sync_method=args.sync_method,
         flush_interval_ms=args.flush_interval_ms,
         backlog=args.backlog,
         max_open_files=args.max_open_files,
@@ -347,6 +356,7 @@ def _run_config(args: argparse.Namespace, **fields):
         start=args.start,
         store=args.store,
         ack_after=args.ack_after,
+        sync_method=args.sync_method,
         flush_interval_ms=args.flush_interval_ms,
         backlog=args.backlog,
         max_open_files=args.max_open_files,

@@ -53,6 +53,7 @@ class PointConfig:
     start: str = "all_connected"
     store: str = "file"
     ack_after: str = "write"
+    sync_method: str = "auto"
     flush_interval_ms: float = 10.0
     backlog: int = 1024
     max_open_files: int = 256
@@ -373,6 +374,7 @@ def server_argv(config: PointConfig, data_dir: Path, work: Path) -> list[str]:
         "--stats-out", str(work / "server.json"),
         "--store", config.store,
         "--ack-after", config.ack_after,
+        "--sync-method", config.sync_method,
         "--flush-interval-ms", str(config.flush_interval_ms),
         "--backlog", str(config.backlog),
         "--max-open-files", str(config.max_open_files),

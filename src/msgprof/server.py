@@ -24,7 +24,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from msgprof import atomic, limits, protocol
 from msgprof.protocol import Rejected, Status, Unanswerable
-from msgprof.store import ACK_MODES, QueueStore, StoreError
+from msgprof.store import ACK_MODES, SYNC_METHODS, QueueStore, StoreError
 
 log = logging.getLogger("msgprof.server")
 
@@ -57,6 +57,7 @@ class ServerConfig:
     bind: str = "tcp://127.0.0.1:0"
     store: str = "file"
     ack_after: str = "write"
+    sync_method: str = "auto"
     flush_interval_ms: float = 10.0
     backlog: int = 1024
     max_open_files: int = 256
@@ -73,6 +74,8 @@ class ServerConfig:
             raise ValueError("--data-dir is required unless --store none")
         if self.ack_after not in ACK_MODES:
             raise ValueError(f"--ack-after must be one of {', '.join(ACK_MODES)}")
+        if self.sync_method not in SYNC_METHODS:
+            raise ValueError(f"--sync-method must be one of {', '.join(SYNC_METHODS)}")
         for name in ("backlog", "max_open_files", "max_sockets"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
@@ -168,6 +171,7 @@ class Server:
             self.store = QueueStore(
                 Path(config.data_dir),
                 ack_after=config.ack_after,
+                sync_method=config.sync_method,
                 flush_interval_ms=config.flush_interval_ms,
                 max_open_files=config.max_open_files,
             )
@@ -186,12 +190,13 @@ class Server:
         self.router.bind(config.bind)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info(
-            "listening on %s: store=%s ack_after=%s flush_interval_ms=%s backlog=%d "
+            "listening on %s: store=%s ack_after=%s sync_method=%s flush_interval_ms=%s backlog=%d "
             "max_open_files=%d max_payload_bytes=%d max_sockets=%d rlimit_nofile=%d/%d "
             "max_connections=%d somaxconn=%s",
             self.endpoint,
             config.store,
             config.ack_after,
+            config.sync_method,
             config.flush_interval_ms,
             config.backlog,
             config.max_open_files,
