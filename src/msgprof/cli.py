@@ -294,6 +294,12 @@ def _build_parser() -> argparse.ArgumentParser:
         help="ramp-up steps as CLIENTSxMESSAGES, comma separated, e.g. 10x100,50x200,100x400",
     )
     _add_run_options(mst)
+    for name, text in (
+        ("analyze", "aggregate a run directory into analysis.csv and points.csv"),
+        ("report", "draw a run directory's profiling PDF (msg_proc_profiling.pdf)"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        cmd.add_argument("run_dir", type=Path, help="results/<run>/ made by the workflow")
     return parser
 
 
@@ -385,11 +391,35 @@ def _cmd_master(args: argparse.Namespace) -> int:
     return 1 if args.strict and result["verdict"] != "ok" else 0
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from msgprof.analysis import write_tables
+
+    _require_dir(args.run_dir)
+    for path in write_tables(args.run_dir):
+        print(path)
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from msgprof.plots import write_report
+
+    _require_dir(args.run_dir)
+    print(write_report(args.run_dir))
+    return 0
+
+
+def _require_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory")
+
+
 _COMMANDS = {
     "server": _cmd_server,
     "client": _cmd_client,
     "point": _cmd_point,
     "master": _cmd_master,
+    "analyze": _cmd_analyze,
+    "report": _cmd_report,
 }
 
 

@@ -1,0 +1,59 @@
+# Aggregation: tables, the profiling PDF and the run's manifest.
+
+
+rule analysis:
+    input:
+        measured_outputs(),
+    output:
+        analysis=report(
+            f"{RESULTS}/analysis.csv",
+            caption="../report/analysis.rst",
+            category="Tables",
+        ),
+        points=report(
+            f"{RESULTS}/points.csv",
+            caption="../report/points.rst",
+            category="Tables",
+        ),
+    log:
+        f"{RESULTS}/logs/analysis.log",
+    conda:
+        "../envs/msgprof.yaml"
+    params:
+        run_dir=subpath(output.analysis, parent=True),
+    shell:
+        "msgprof analyze {params.run_dir} > {log} 2>&1"
+
+
+rule manifest:
+    input:
+        measured_outputs(),
+    output:
+        manifest=f"{RESULTS}/manifest.json",
+        config=f"{RESULTS}/config.yaml",
+    log:
+        f"{RESULTS}/logs/manifest.log",
+    conda:
+        "../envs/msgprof.yaml"
+    script:
+        "../scripts/manifest.py"
+
+
+rule profiling_pdf:
+    input:
+        rules.analysis.output,
+        rules.manifest.output.manifest,
+    output:
+        report(
+            f"{RESULTS}/msg_proc_profiling.pdf",
+            caption="../report/profiling_pdf.rst",
+            category="Profiling",
+        ),
+    log:
+        f"{RESULTS}/logs/profiling_pdf.log",
+    conda:
+        "../envs/msgprof.yaml"
+    params:
+        run_dir=subpath(output[0], parent=True),
+    shell:
+        "msgprof report {params.run_dir} > {log} 2>&1"
