@@ -56,7 +56,10 @@ def measured_outputs():
 
 
 def all_targets():
-    return [
+    """Everything `rule all` asks for; measured outputs are targets too, so a deleted point is
+    redone (and with it the aggregation) rather than silently skipped as an intermediate.
+    """
+    return measured_outputs() + [
         f"{RESULTS}/analysis.csv",
         f"{RESULTS}/points.csv",
         f"{RESULTS}/msg_proc_profiling.pdf",

@@ -1,0 +1,112 @@
+"""The real Snakemake workflow on a tiny config: outputs, reruns, a point that hits a limit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Points of 3 and 150 clients; the server's descriptor budget (200 - 16 queue files - 16 backlog
+# - 64 reserve = 104 connections) is too small for 150, so that point must end with the
+# verdict descriptor_limit while the rest of the sweep completes.
+TINY = {
+    "run": "tiny",
+    "sweep": {"clients": [3, 150], "messages": [4], "repetitions": 1, "payload_bytes": 32},
+    "master": {"enabled": True, "steps": ["2x3", "4x5"]},
+    "server": {"backlog": 16, "max_open_files": 16, "rlimit_nofile": 200},
+    "client": {"timeout_s": 2, "connect_timeout_s": 3, "deadline_s": 30},
+}
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(
+        [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+         "--cores", "2", *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """The tiny sweep, run once for the tests of this module."""
+    workdir = tmp_path_factory.mktemp("workflow")
+    (workdir / "config").mkdir()
+    (workdir / "config" / "config.yaml").write_text(yaml.safe_dump(TINY))
+    done = snakemake(workdir)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return workdir
+
+
+def test_lint_and_dry_run_are_clean():
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    lint = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=ROOT, capture_output=True,
+                          text=True, env=env, timeout=120)  # fmt: skip
+    assert lint.returncode == 0 and "Lints for" not in lint.stdout + lint.stderr, lint.stdout
+    dry = subprocess.run([str(BIN / "snakemake"), "-n"], cwd=ROOT, capture_output=True, text=True,
+                         env=env, timeout=120)  # fmt: skip
+    assert dry.returncode == 0, dry.stderr
+
+
+def test_snakefiles_are_snakefmt_clean():
+    if shutil.which("snakefmt", path=str(BIN)) is None:
+        pytest.skip("snakefmt is not installed (it comes with the test extra)")
+    done = subprocess.run([str(BIN / "snakefmt"), "--check", "Snakefile", "workflow"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+
+
+def test_outputs_columns_and_pdf(tiny_run):
+    run = tiny_run / "results" / "tiny"
+    analysis = pd.read_csv(run / "analysis.csv")
+    points = pd.read_csv(run / "points.csv")
+    for column in ("run", "point", "phase", "clients", "messages", "client_id", "connect_ms",
+                   "first_ack_ms", "rtt_median_us", "rtt_p90_us", "rtt_p99_us", "rtt_max_us",
+                   "acked", "errors"):  # fmt: skip
+        assert column in analysis.columns, column
+    for column in ("point", "phase", "verdict", "throughput_msgs_per_s", "rtt_p50_us",
+                   "rtt_p99_us", "lost", "client_busiest_thread_max", "server_cpu_s",
+                   "server_peak_rss_mb"):  # fmt: skip
+        assert column in points.columns, column
+    assert set(points["phase"]) == {"sweep", "ramp_up", "ramp_down"}
+    assert len(points) == 2 + 4
+    small = points[(points["phase"] == "sweep") & (points["clients"] == 3)].iloc[0]
+    assert small["verdict"] == "ok" and small["acked"] == 12 and small["lost"] == 0
+    assert len(analysis[analysis["point"] == small["point"]]) == 3
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["config_sha256"] and manifest["packages"]["pyzmq"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["run"] == "tiny"
+    from pypdf import PdfReader
+
+    assert len(PdfReader(run / "msg_proc_profiling.pdf").pages) >= 8
+
+
+def test_point_over_the_descriptor_budget_is_a_recorded_verdict(tiny_run):
+    point = json.loads((tiny_run / "results/tiny/points/150-4-1/point.json").read_text())
+    assert point["verdict"] == "descriptor_limit", point["verdict_detail"]
+    assert point["lost"] == 0
+
+
+def test_second_run_does_nothing_and_a_deleted_point_is_redone_alone(tiny_run):
+    again = snakemake(tiny_run, "-n")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+    (tiny_run / "results/tiny/points/3-4-1/point.json").unlink()
+    redo = snakemake(tiny_run)
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    text = redo.stdout + redo.stderr
+    jobs = set(re.findall(r"^(?:local)?rule (\w+):", text, flags=re.MULTILINE))
+    assert jobs == {"point", "analysis", "manifest", "profiling_pdf", "all"}, jobs
+    assert len(re.findall(r"^(?:local)?rule point:", text, flags=re.MULTILINE)) == 1
+    assert "wildcards: clients=3, messages=4, rep=1" in text
