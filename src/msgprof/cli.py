@@ -197,7 +197,34 @@ def _build_parser() -> argparse.ArgumentParser:
         default=1024,
         help="ZMQ MAX_SOCKETS of the server's context. Default: %(default)s",
     )
-    srv.add_argument("--stats-out", type=Path, help="final statistics as JSON, written at exit")
+    srv.add_argument(
+        "--stats-out",
+        type=Path,
+        help="statistics as JSON: written at exit, and on SIGUSR1 while running",
+    )
+    srv.add_argument(
+        "--heartbeat-ms",
+        type=_non_negative_int,
+        default=10_000,
+        help="ZMTP heartbeat interval in milliseconds; a peer silent for 3 intervals is dropped "
+        "(0: off). Default: %(default)s",
+    )
+    srv.add_argument(
+        "--handshake-timeout-ms",
+        type=_non_negative_int,
+        default=10_000,
+        help="milliseconds a new connection has to complete the ZMTP handshake. Default: %(default)s",
+    )
+    srv.add_argument(
+        "--curve-secret",
+        type=Path,
+        help="turn CURVE on: the server's secret certificate (NAME.key_secret from msgprof keygen)",
+    )
+    srv.add_argument(
+        "--curve-allow",
+        type=Path,
+        help="directory of the client public certificates (*.key) the server admits",
+    )
     _add_server_options(srv)
 
     cli = sub.add_parser(
@@ -294,6 +321,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="ramp-up steps as CLIENTSxMESSAGES, comma separated, e.g. 10x100,50x200,100x400",
     )
     _add_run_options(mst)
+    key = sub.add_parser(
+        "keygen",
+        help="make a CURVE key pair",
+        description="Make a CURVE key pair: DIR/NAME.key (public, give it to the other side) and "
+        "DIR/NAME.key_secret (keep it; mode 0600).",
+    )
+    key.add_argument("--out", type=Path, required=True, help="directory for the key files (created)")
+    key.add_argument("--name", required=True, help="base name of the key files, e.g. server or client1")
+
     for name, text in (
         ("analyze", "aggregate a run directory into analysis.csv and points.csv"),
         ("report", "draw a run directory's profiling PDF (msg_proc_profiling.pdf)"),
@@ -320,6 +356,10 @@ def _cmd_server(args: argparse.Namespace) -> int:
         max_sockets=args.max_sockets,
         rlimit_nofile=args.rlimit_nofile,
         stats_out=args.stats_out,
+        heartbeat_ms=args.heartbeat_ms,
+        handshake_timeout_ms=args.handshake_timeout_ms,
+        curve_secret=args.curve_secret,
+        curve_allow=args.curve_allow,
     )
     config.check()
     serve(config)
@@ -408,6 +448,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from msgprof.security import keygen
+
+    for path in keygen(args.out, args.name):
+        print(path)
+    return 0
+
+
 def _require_dir(path: Path) -> None:
     if not path.is_dir():
         raise ValueError(f"{path} is not a directory")
@@ -418,6 +466,7 @@ _COMMANDS = {
     "client": _cmd_client,
     "point": _cmd_point,
     "master": _cmd_master,
+    "keygen": _cmd_keygen,
     "analyze": _cmd_analyze,
     "report": _cmd_report,
 }

@@ -22,7 +22,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from msgprof import atomic, limits, protocol
+from msgprof import atomic, limits, protocol, security
 from msgprof.protocol import Rejected, Status, Unanswerable
 from msgprof.store import ACK_MODES, SYNC_METHODS, QueueStore, StoreError
 
@@ -65,6 +65,10 @@ class ServerConfig:
     max_sockets: int = 1024
     rlimit_nofile: int | None = None
     stats_out: Path | None = None
+    heartbeat_ms: int = 10_000
+    handshake_timeout_ms: int = 10_000
+    curve_secret: Path | None = None
+    curve_allow: Path | None = None
 
     def check(self) -> None:
         """Raise ValueError with a user-facing message for an impossible configuration."""
@@ -83,6 +87,10 @@ class ServerConfig:
             raise ValueError("--flush-interval-ms must be positive")
         if self.max_payload_bytes < 0:
             raise ValueError("--max-payload-bytes must not be negative")
+        if (self.curve_secret is None) != (self.curve_allow is None):
+            raise ValueError("CURVE needs both --curve-secret and --curve-allow")
+        if self.heartbeat_ms < 0 or self.handshake_timeout_ms < 0:
+            raise ValueError("--heartbeat-ms and --handshake-timeout-ms must not be negative")
         if not self.bind.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(f"--bind must be a ZeroMQ endpoint like tcp://127.0.0.1:0, not {self.bind!r}")
 
@@ -130,6 +138,7 @@ class Counters:
     disconnected: int = 0
     accept_failed: Counter = field(default_factory=Counter)  # by errno name
     refused: int = 0  # connections shut at once because the descriptor budget was spent
+    client_id_takeovers: int = 0  # a client id arrived from another connection than before
     handshake_failed: int = 0
     bursts: int = 0
     peak_burst: int = 0
@@ -186,6 +195,22 @@ class Server:
         self.router.setsockopt(zmq.LINGER, 1000)
         self.router.setsockopt(zmq.RCVHWM, 0)
         self.router.setsockopt(zmq.SNDHWM, 0)
+        # Dead peers (no FIN ever comes) are dropped after missed heartbeats; a peer that
+        # connects but never completes the ZMTP handshake is dropped after the handshake timeout.
+        if config.heartbeat_ms:
+            self.router.setsockopt(zmq.HEARTBEAT_IVL, config.heartbeat_ms)
+            self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * config.heartbeat_ms)
+        self.router.setsockopt(zmq.HANDSHAKE_IVL, config.handshake_timeout_ms)
+        self.auth = None
+        if config.curve_secret is not None:
+            self.auth = security.serve_curve(self.ctx, self.router, config.curve_secret, config.curve_allow)
+        elif not security.is_loopback(config.bind):
+            log.warning(
+                "binding %s, which is not loopback, without CURVE: any host that can reach it can "
+                "write to the queues (use --curve-secret and --curve-allow)",
+                config.bind,
+            )
+        self._owner: dict[int, bytes] = {}  # client id -> routing id of its latest connection
         self.monitor = self.router.get_monitor_socket(_MONITOR_EVENTS)
         self.router.bind(config.bind)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -271,6 +296,9 @@ class Server:
                 counters.rejected[err.kind] += 1
                 replies.append((identity, err.status, err.header, t_recv))
                 continue
+            if self._owner.get(header.client_id, identity) != identity:
+                counters.client_id_takeovers += 1
+            self._owner[header.client_id] = identity
             last = store.last_seq(header.client_id)
             if header.seq == last + 1:
                 store.append(header.client_id, header.seq, payload)
@@ -400,6 +428,8 @@ class Server:
             store_stats["close_error"] = f"{err.kind}: {err}"
         self.monitor.close(linger=0)
         self.router.close()
+        if self.auth is not None:
+            self.auth.stop()
         self.ctx.term()
         stats = self.stats(store_stats, disk_bytes, fds_at_stop)
         stats["final"] = True
@@ -440,6 +470,8 @@ class Server:
                 "max_connections": self.max_connections,
                 "handshake_failed": c.handshake_failed,
             },
+            "client_id_takeovers": c.client_id_takeovers,
+            "curve": self.config.curve_secret is not None,
             "bursts": c.bursts,
             "peak_burst": c.peak_burst,
             "service_ns": _quantiles(self._service_ns),
