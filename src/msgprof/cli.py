@@ -157,6 +157,22 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         help="exit 1 unless the verdict is ok (by default a run that hits a limit is a result, exit 0)",
     )
     p.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    # Cluster placement (msgprof.launch, docs/cluster.md).
+    p.add_argument(
+        "--launcher",
+        choices=("local", "srun"),
+        default="local",
+        help="where the client processes run. local: on this host. srun: inside a SLURM "
+        "allocation, as job steps on the other nodes (on this node when it is the only one). "
+        "Default: %(default)s",
+    )
+    p.add_argument(
+        "--bind",
+        default=None,
+        metavar="HOST[:PORT]",
+        help="address the server binds and the clients connect to (a wildcard is refused). "
+        "Default: 127.0.0.1 with --launcher local, this node's SLURM NodeAddr with srun",
+    )
     _add_server_options(p)
 
 
@@ -408,6 +424,8 @@ def _run_config(args: argparse.Namespace, **fields):
         max_open_files=args.max_open_files,
         max_payload_bytes=args.max_payload_bytes,
         rlimit_nofile=args.rlimit_nofile,
+        launcher=args.launcher,
+        bind=args.bind,
         **fields,
     )
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from msgprof import atomic, sysinfo
+from msgprof import atomic, launch, sysinfo
 from msgprof.monitor import ResourceMonitor, resource_summary
 from msgprof.verify import verify_queues
 
@@ -59,9 +59,17 @@ class PointConfig:
     max_open_files: int = 256
     max_payload_bytes: int = 1 << 20
     rlimit_nofile: int | None = None
+    # Where the clients run and what the server binds: see msgprof.launch.
+    launcher: str = "local"
+    bind: str | None = None
+
+    def __post_init__(self) -> None:
+        launch.check(self.launcher, self.bind)
 
     def client_processes(self) -> int:
         """Processes to start: the option, else the usable cores, never more than clients."""
+        if self.launcher != "local":
+            return launch.client_processes(self, len(os.sched_getaffinity(0)))
         wanted = self.processes or len(os.sched_getaffinity(0))
         return max(1, min(wanted, self.clients))
 
@@ -308,6 +316,7 @@ def write_point(
          for k, v in throughput(load.rtt, load.docs).items()}
     )  # fmt: skip
     document["server"]["resources"] = resource_summary(resources)
+    document["launcher"] = launch.describe(config)
     document.update(extra or {})
     atomic.write_json(out_dir / "point.json", document)
     return document
@@ -379,6 +388,7 @@ def server_argv(config: PointConfig, data_dir: Path, work: Path) -> list[str]:
         "--backlog", str(config.backlog),
         "--max-open-files", str(config.max_open_files),
         "--max-payload-bytes", str(config.max_payload_bytes),
+        "--bind", launch.placement(config).bind,
     ]  # fmt: skip
     if config.rlimit_nofile is not None:
         argv += ["--rlimit-nofile", str(config.rlimit_nofile)]
@@ -412,6 +422,7 @@ def run_client_processes(
             "--start", config.start,
             "--out", str(work / f"client-{k}"),
         ]  # fmt: skip
+        argv = launch.client_argv(config, k, len(ranges), argv)
         started.append(procs.start(f"client-{k}", argv, out_dir / f"client-{k}.log"))
     deadline = time.monotonic() + config.deadline_s + CLIENT_GRACE_S
     for proc in started:
@@ -421,8 +432,7 @@ def run_client_processes(
                 problems.append("client_failed")
         except subprocess.TimeoutExpired:
             problems.append("deadline")
-            proc.kill()
-            proc.wait()
+            launch.stop(proc, config.launcher)
     return len(started)
 
 
