@@ -30,7 +30,7 @@ RTT_COLUMNS = ["client_id", "seq", "payload_bytes", "rtt_ns", "status", "t_send_
 CLIENT_COLUMNS = [
     "client_id", "connected", "connect_ns", "first_ack_ns", "sent", "acked", "duplicates",
     "errors", "timeouts", "rtt_median_ns", "rtt_p90_ns", "rtt_p99_ns", "rtt_max_ns",
-    "t_connect_ns", "t_end_ns",
+    "t_connect_ns", "t_end_ns", "resends",
 ]  # fmt: skip
 
 

@@ -299,6 +299,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ZMQ MAX_SOCKETS of the client context. Default: sized from the number of clients",
     )
+    cli.add_argument(
+        "--resend",
+        action="store_true",
+        help="keep going through a lost connection or a missing ack: send the message in "
+        "flight again (same seq) on reconnect and after --timeout-s, until it is acknowledged "
+        "(OK or DUPLICATE) or --deadline-s passes; for crash-recovery runs. Default: a timeout "
+        "stops the client",
+    )
     cli.add_argument("--out", type=Path, required=True, help="output directory (created)")
 
     pnt = sub.add_parser(
@@ -397,6 +405,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
         connect_window=args.connect_window,
         event_loop=args.event_loop,
         max_sockets=args.max_sockets,
+        resend=args.resend,
     )
     log = logging.getLogger("msgprof.client")
     run_clients(config, args.out, progress=log.info)

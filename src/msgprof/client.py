@@ -31,7 +31,8 @@ How a reply settles the message in flight, and what the client does next:
 * ``TIMEOUT`` (no reply within ``timeout_s``, or still none when ``deadline_s`` passes): recorded
   with ``rtt_ns = -1``, and the client stops, for the same reason: the server may or may not have
   stored the message. For the first message the clock starts when the handshake is seen, since
-  a slow connect is judged by ``connect_timeout_s``.
+  a slow connect is judged by ``connect_timeout_s``. In ``resend`` mode (below) only the
+  deadline ends a client this way.
 * A client whose handshake is not seen within ``connect_timeout_s`` is recorded as not connected;
   the first message it queued never left the process, so it has no row. When no client of the
   process has connected once one has timed out, the clients not yet started are recorded as not
@@ -45,6 +46,21 @@ than of the queue this process made itself. With ``start="on_connect"`` the firs
 and may finish, while the last ones still connect: with thousands of clients and few messages
 each, they are never all active at once (``all_active_start_ns`` is then null). Use
 ``start="all_connected"`` to measure a point at its full number of concurrent clients.
+
+Resend mode (``resend=True``, for crash-recovery runs): a lost connection or a missing reply does
+not stop a client. Each client keeps its socket monitor for its whole life and watches for
+``EVENT_DISCONNECTED`` and ``EVENT_HANDSHAKE_SUCCEEDED``. libzmq reconnects the same DEALER to
+the same endpoint by itself (every DEALER, in both modes, retries after ``RECONNECT_IVL_MS``,
+backing off to ``RECONNECT_IVL_MAX_MS``). On every handshake after the first (a reconnect) the
+message in flight, if any, is sent again with the same seq; so is a message whose reply does not
+come within ``timeout_s`` while the connection is up. A resend repeats until a reply settles the
+message or the deadline passes. The server answers ``DUPLICATE`` when it already stored the
+seq (before a crash, or from an earlier copy), which counts as stored, like ``OK``; replies to
+earlier copies of a seq already settled are stale and skipped (``stale_replies``), not
+``MISMATCH``. ``rtt_ns`` of a resent message runs from its first send to the reply that
+settled it, so it includes the outage. Resends are counted per client. Any other status still
+stops the client: ``OUT_OF_ORDER`` after a reconnect means the server lost messages it had
+acknowledged (``ack_after: buffer``), which only the client's records can tell.
 
 Every loop ends: per-message timeouts, the connect timeout and the whole-run deadline bound it, so
 a server that never answers yields TIMEOUT rows and not-connected clients, never a hang.
@@ -105,6 +121,10 @@ FDS_PER_CONNECTING = 2
 FD_RESERVE = 64
 #: Send/receive high-water marks: a closed loop needs one; a little room for a chatty server.
 HWM = 16
+#: libzmq's reconnect interval for every DEALER (ms), doubled after each failed try up to the
+#: maximum, so clients refused by a server that is down or full back off instead of hammering it.
+RECONNECT_IVL_MS = 100
+RECONNECT_IVL_MAX_MS = 1000
 
 _OK = int(Status.OK)
 _DUPLICATE = int(Status.DUPLICATE)
@@ -114,6 +134,7 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 _MONITOR_EVENT = struct.Struct("=HI")
 _ID_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
 
@@ -150,6 +171,9 @@ class ClientConfig:
     #: "all_connected": every client connects first; then all connected clients send at once,
     #: so all of them are active together and setup is measured without message traffic.
     start: str = "on_connect"
+    #: Resend mode: a lost connection or a missing reply does not stop a client; the message in
+    #: flight is sent again (same seq) on reconnect and on timeout, until settled or the deadline.
+    resend: bool = False
 
     def __post_init__(self) -> None:
         ids = tuple(int(i) for i in self.client_ids)
@@ -243,34 +267,46 @@ def plan_capacity(
     open_fds: int,
     rlimit: tuple[int, int],
     socket_limit: int,
+    keep_monitors: bool = False,
 ) -> Capacity:
     """Size MAX_SOCKETS and the connect window so `n_clients` fit, or raise CapacityError.
 
     A client holds FDS_PER_CLIENT descriptors and one socket; while connecting, its monitor adds
-    FDS_PER_CONNECTING descriptors and two sockets. The connect window shrinks to fit before
-    the plan is given up.
+    FDS_PER_CONNECTING descriptors and two sockets. With `keep_monitors` (resend mode) every
+    client keeps its monitor, so each costs both for its whole life. The connect window shrinks
+    to fit before the plan is given up.
     """
     soft, hard = rlimit
     window = min(connect_window, n_clients)
-    base = open_fds + FD_RESERVE + FDS_PER_CLIENT * n_clients
-    if soft != resource.RLIM_INFINITY and base + FDS_PER_CONNECTING * window > soft:
-        window = (soft - base) // FDS_PER_CONNECTING
+    if keep_monitors:  # the monitor is part of the client: connecting costs nothing extra
+        fds_per_client, fds_connecting = FDS_PER_CLIENT + FDS_PER_CONNECTING, 0
+        sockets_per_client, sockets_connecting = 3, 0
+    else:
+        fds_per_client, fds_connecting = FDS_PER_CLIENT, FDS_PER_CONNECTING
+        sockets_per_client, sockets_connecting = 1, 2
+    base = open_fds + FD_RESERVE + fds_per_client * n_clients
+    if soft != resource.RLIM_INFINITY and base + fds_connecting * max(window, 1) > soft:
+        window = (soft - base) // fds_connecting if fds_connecting else 0
         if window < 1:
             raise CapacityError(
-                f"{n_clients} clients need about {base + FDS_PER_CONNECTING} file descriptors "
-                f"({FDS_PER_CLIENT} per client, {open_fds} open, {FD_RESERVE} reserve) but "
+                f"{n_clients} clients need about {base + fds_connecting} file descriptors "
+                f"({fds_per_client} per client, {open_fds} open, {FD_RESERVE} reserve) but "
                 f"RLIMIT_NOFILE is {soft} (hard {hard}): raise the hard limit or split the "
                 f"clients over more processes"
             )
     if max_sockets is None:
         # Spare slots: a closed socket holds its slot until libzmq's reaper thread frees it.
-        max_sockets = max(1024, 2 * n_clients + 2 * window + 64)
-    elif n_clients + 2 * window > max_sockets:
-        window = (max_sockets - n_clients) // 2
+        max_sockets = max(
+            1024, 2 * sockets_per_client * n_clients + sockets_connecting * window + 64
+        )
+    elif sockets_per_client * n_clients + sockets_connecting * max(window, 1) > max_sockets:
+        spare = max_sockets - sockets_per_client * n_clients
+        window = spare // sockets_connecting if sockets_connecting else 0
         if window < 1:
             raise CapacityError(
                 f"{n_clients} clients need more than max_sockets={max_sockets} zmq sockets "
-                f"(one per client plus two per connecting client)"
+                f"({sockets_per_client} per client plus {sockets_connecting} per connecting "
+                f"client)"
             )
     if max_sockets > socket_limit:
         raise CapacityError(
@@ -280,7 +316,7 @@ def plan_capacity(
     return Capacity(
         max_sockets=max_sockets,
         connect_window=window,
-        fds_needed=base + FDS_PER_CONNECTING * window,
+        fds_needed=base + fds_connecting * window,
         rlimit_nofile=soft,
         rlimit_nofile_hard=hard,
     )
@@ -436,6 +472,16 @@ class _Loop:
         self.rows = _Rows()
         # Deadlines are always now + a constant when pushed, so FIFOs stay sorted.
         self.msg_deadlines: deque[tuple[int, int, int]] = deque()  # (deadline, index, seq)
+        self.due = [0] * n  # the live deadline of the message in flight; older entries are stale
+        self.in_window = [False] * n  # counted in `connecting` (monitor open, no handshake yet)
+        # Resend mode: the monitor stays open; a handshake after the first is a reconnect.
+        self.resend_mode = config.resend
+        self.handshakes = [0] * n
+        self.linked = [False] * n  # a connection is up, as far as the monitor has told
+        self.resends = [0] * n
+        self.reconnects = 0
+        self.disconnects = 0
+        self.stale_replies = 0
         self.conn_deadlines: deque[tuple[int, int]] = deque()  # (deadline, index)
         self.next_to_start = 0
         self.connecting = 0
@@ -493,11 +539,16 @@ class _Loop:
             raise
         self.socks[i] = sock  # recorded at once, so every exit path closes it
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 0)  # queue while (re)connecting; the pipe outlives a drop
         sock.setsockopt(zmq.SNDHWM, HWM)
         sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED
+        if self.resend_mode:
+            events |= zmq.EVENT_DISCONNECTED
         try:
-            mon = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            mon = sock.get_monitor_socket(events)
         except zmq.ZMQError as e:
             sock.close(linger=0)
             self.socks[i] = None
@@ -509,6 +560,7 @@ class _Loop:
         self.sock_tokens[i] = self.waiter.add(sock, i)
         self.mon_tokens[i] = self.waiter.add(mon, -1 - i)
         self.connecting += 1
+        self.in_window[i] = True
         t0 = time.perf_counter_ns()
         sock.connect(self.config.endpoint)
         self.t_connect[i] = t0
@@ -524,26 +576,53 @@ class _Loop:
         while mon is not None and mon.getsockopt(_EVENTS) & _POLLIN:
             frames = mon.recv_multipart(_NOBLOCK)
             t = time.perf_counter_ns()
-            if _MONITOR_EVENT.unpack_from(frames[0])[0] == _HANDSHAKE_SUCCEEDED:
-                self.handshake_seen(i, t)
-                return
+            event = _MONITOR_EVENT.unpack_from(frames[0])[0]
+            if event == _HANDSHAKE_SUCCEEDED:
+                self.handshakes[i] += 1
+                if self.handshakes[i] == 1:
+                    self.handshake_seen(i, t)
+                else:
+                    self.reconnected(i, t)
+                if not self.resend_mode:
+                    return
+            elif event == _DISCONNECTED:
+                self.linked[i] = False
+                self.disconnects += 1
+            mon = self.mons[i]
 
     def handshake_seen(self, i: int, t: int) -> None:
         connect_ns = t - self.t_connect[i]
         if 0 <= self.first_ack_ns[i] < connect_ns:
             connect_ns = self.first_ack_ns[i]
         self.connect_ns[i] = connect_ns
-        self.close_monitor(i)
+        if self.resend_mode:
+            self.leave_window(i)  # the monitor stays, to see drops and reconnects
+        else:
+            self.close_monitor(i)
+        self.linked[i] = True
         if not self.connected[i]:
             self.mark_connected(i)
             if self.inflight[i] == 1:  # the queued first message: its clock starts now
-                self.msg_deadlines.append((t + self.timeout_ns, i, 1))
+                self.arm(i, t)
         if self.config.messages == 0:
             self.finish(i, t)
 
+    def reconnected(self, i: int, t: int) -> None:
+        """Resend mode: a new connection is up; what was in flight may have died with the old."""
+        self.linked[i] = True
+        self.reconnects += 1
+        if self.inflight[i] and not self.done[i]:
+            self.resend(i, t)
+
     def mark_connected(self, i: int) -> None:
         self.connected[i] = True
+        self.linked[i] = True
         self.n_connected += 1
+
+    def leave_window(self, i: int) -> None:
+        if self.in_window[i]:
+            self.in_window[i] = False
+            self.connecting -= 1
 
     def close_monitor(self, i: int) -> None:
         mon = self.mons[i]
@@ -555,7 +634,7 @@ class _Loop:
             sock.disable_monitor()
         mon.close(linger=0)
         self.mons[i] = None
-        self.connecting -= 1
+        self.leave_window(i)
 
     def not_connected(self, i: int) -> None:
         """The handshake was not seen in time: drop the client and its queued message."""
@@ -586,24 +665,44 @@ class _Loop:
     # -- messages ------------------------------------------------------------------------
 
     def send(self, i: int) -> None:
-        sock = self.socks[i]
-        cid = self.ids[i]
+        """Send the next seq of client `i`."""
         seq = self.last_seq[i] + 1
-        payload = payload_for(cid, seq, self.config.payload_bytes)
         t = time.perf_counter_ns()
-        try:
-            sock.send(encode_data(cid, seq, t), _SNDMORE_NOBLOCK)
-        except zmq.Again:  # cannot happen with one message in flight and HWM > 1
+        if not self.transmit(i, seq, t) and not self.resend_mode:
+            # Cannot happen with one message in flight and HWM > 1.
             self.finish(i, t)
             return
-        sock.send(payload, _NOBLOCK)
+        # In resend mode a refused send (full pipe) is tried again when its timeout passes.
         self.last_seq[i] = seq
         self.inflight[i] = seq
         self.t_send[i] = t
         if self.first_send < 0:
             self.first_send = t
         if self.connected[i]:
-            self.msg_deadlines.append((t + self.timeout_ns, i, seq))
+            self.arm(i, t)
+
+    def transmit(self, i: int, seq: int, t_send: int) -> bool:
+        """Queue DATA `seq` of client `i` on its DEALER; False if the pipe is full."""
+        cid = self.ids[i]
+        sock = self.socks[i]
+        try:
+            sock.send(encode_data(cid, seq, t_send), _SNDMORE_NOBLOCK)
+        except zmq.Again:
+            return False
+        sock.send(payload_for(cid, seq, self.config.payload_bytes), _NOBLOCK)
+        return True
+
+    def resend(self, i: int, now: int) -> None:
+        """Resend mode: send the message in flight again (same seq, same t_send_ns)."""
+        if self.transmit(i, self.inflight[i], self.t_send[i]):
+            self.resends[i] += 1
+        self.arm(i, now)
+
+    def arm(self, i: int, t: int) -> None:
+        """Start the reply clock of the message in flight; earlier clocks of it become stale."""
+        due = t + self.timeout_ns
+        self.due[i] = due
+        self.msg_deadlines.append((due, i, self.inflight[i]))
 
     def on_dealer(self, i: int) -> None:
         sock = self.socks[i]
@@ -626,6 +725,10 @@ class _Loop:
             code = INVALID_ACK
         else:
             if ack.client_id != self.ids[i] or ack.seq != seq:
+                if self.resend_mode and ack.client_id == self.ids[i] and ack.seq < seq:
+                    # The answer to an earlier copy of a message already settled.
+                    self.stale_replies += 1
+                    return
                 code = MISMATCH
             else:
                 code = ack.status
@@ -660,9 +763,15 @@ class _Loop:
     def expire(self, now: int) -> None:
         msg = self.msg_deadlines
         while msg and msg[0][0] <= now:
-            _, i, seq = msg.popleft()
-            if self.inflight[i] == seq and not self.done[i]:
+            due, i, seq = msg.popleft()
+            if self.inflight[i] != seq or self.done[i] or self.due[i] != due:
+                continue
+            if not self.resend_mode:
                 self.settle(i, TIMEOUT, -1, now)
+            elif self.linked[i]:
+                self.resend(i, now)
+            else:
+                self.arm(i, now)  # connection down: the reconnect resends
         conn = self.conn_deadlines
         while conn and conn[0][0] <= now:
             _, i = conn.popleft()
@@ -766,7 +875,12 @@ def run_clients(
     ``rtt_median_ns``/``rtt_p90_ns``/``rtt_p99_ns``/``rtt_max_ns`` (exact, numpy's linear
     rule, over the client's OK and DUPLICATE samples; -1 if none), ``t_connect_ns`` and
     ``t_end_ns`` (perf_counter_ns at connect() and when its last message was settled; -1 if
-    never), from which the span in which all clients were active can be found across processes.
+    never), from which the span in which all clients were active can be found across processes,
+    ``resends`` (copies of a message sent again in resend mode; 0 otherwise).
+
+    client.json adds, for resend mode: ``resends`` (total), ``disconnects`` and ``reconnects``
+    (connections lost and made again, as the socket monitors saw them; 0 when not resending)
+    and ``stale_replies`` (answers to earlier copies of a message already settled, skipped).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -781,6 +895,7 @@ def run_clients(
             limits.open_fds(),
             rlimit,
             ctx.get(zmq.SOCKET_LIMIT),
+            keep_monitors=config.resend,
         )
         ctx.set(zmq.MAX_SOCKETS, capacity.max_sockets)  # before the first socket
         loop = _Loop(config, ctx, capacity, progress)
@@ -903,6 +1018,7 @@ def _write_outputs(
             "rtt_max_ns": q100,
             "t_connect_ns": t_connect,
             "t_end_ns": t_end,
+            "resends": np.asarray(loop.resends, dtype=np.int64),
         }
     )
 
@@ -938,6 +1054,11 @@ def _write_outputs(
         "duplicates": int(duplicates.sum()),
         "errors": errors,
         "deadline_hit": loop.deadline_hit,
+        "resend": config.resend,
+        "resends": int(sum(loop.resends)),
+        "reconnects": loop.reconnects,
+        "disconnects": loop.disconnects,
+        "stale_replies": loop.stale_replies,
         "start": config.start,
         "released_ns": loop.released_at if loop.released_at >= 0 else None,
         "wall_s": wall_s,

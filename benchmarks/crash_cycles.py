@@ -1,0 +1,479 @@
+#!/usr/bin/env python3
+"""Crash recovery under load: SIGKILL the server mid-load, restart it, check every queue.
+
+For each ack mode, one data directory, one endpoint (the restarted server binds the port the
+first one was given), and `--cycles` kill/restart cycles:
+
+  write, fsync  `msgprof client --resend` processes (20 clients each) run through all cycles; a
+                client process that finishes is followed by one with new client ids, so every
+                kill lands in the load. After the last cycle the client finishes, the server is
+                stopped with SIGTERM and the queues are read back: not one acknowledged
+                message may be lost (`lost` = 0) and no seq may be stored twice
+                (`duplicates_stored` = 0). Clients resend what was in flight; the server
+                answers DUPLICATE for what it stored before the kill.
+  buffer        acknowledged from process memory, flushed every --flush-interval-ms: a kill
+                loses what was acknowledged since the last flush. Each cycle runs a fresh
+                client process (new ids) and one kill; a client that lost messages sees
+                OUT_OF_ORDER when it resends and stops. The loss of each kill is measured and
+                compared with what the flush interval allows: acknowledgements per second just
+                before the kill x the flush interval. The age of the oldest lost
+                acknowledgement (kill time - its ack time) is compared with the interval too.
+
+    python benchmarks/crash_cycles.py                          # 20 cycles each, ~2-3 minutes
+    python benchmarks/crash_cycles.py --cycles 5 --modes write --seed 7
+    python benchmarks/crash_cycles.py --markdown               # tables as Markdown
+
+Exit status 1 if write or fsync lost an acknowledged message, or any mode stored a seq twice or
+read back a corrupt record; the buffer bound is reported, not gated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from msgprof.point import ChildProcesses, PointConfig, server_argv, wait_ready
+from msgprof.store import QueueReader
+from msgprof.verify import STORED_STATUSES, verify_queues
+
+MODES = ("write", "fsync", "buffer")
+#: Bounds on every wait, in seconds.
+SERVER_READY_S = 30.0
+SERVER_STOP_S = 30.0
+KILL_WAIT_S = 10.0
+CLIENT_START_S = 30.0
+#: Restarting on the same port: tries (0.1 s apart) while the bind is refused.
+BIND_TRIES = 50
+#: Acknowledgements per second before a kill are counted over this window (seconds).
+RATE_WINDOW_S = 0.5
+
+
+@dataclass
+class Settings:
+    """What one run of a mode does; times in seconds."""
+
+    mode: str
+    cycles: int = 20
+    clients: int = 20
+    messages: int = 1000
+    payload_bytes: int = 64
+    flush_interval_ms: float = 10.0
+    #: The kill comes this long after the server got ready (uniform, seeded).
+    kill_after: tuple[float, float] = (0.3, 0.9)
+    #: Resend fallback when no reply comes while connected.
+    timeout_s: float = 1.0
+    #: Bound on each client process.
+    client_deadline_s: float = 120.0
+    seed: int = 1
+
+
+@dataclass
+class Kill:
+    """One kill/restart cycle."""
+
+    t_kill_ns: int
+    #: When the server this kill ended got ready (perf_counter_ns).
+    t_ready_ns: int
+    #: A client process was running when the kill came.
+    under_load: bool
+    #: Acknowledgements the killed server sent in its life (read back from the clients' rows).
+    acks_in_life: int = 0
+    restart_s: float = 0.0
+    recovery_findings: int = 0
+    ids: tuple[int, int] = (0, 0)
+    lost: int = 0
+    rate_per_s: float = 0.0
+    oldest_lost_ms: float | None = None
+
+
+@dataclass
+class ModeResult:
+    """What a mode's cycles found; `check` is verify_queues' answer for all its clients."""
+
+    settings: Settings
+    kills: list[Kill] = field(default_factory=list)
+    check: dict[str, Any] = field(default_factory=dict)
+    client_docs: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def total(self, key: str) -> int:
+        return sum(int(doc.get(key, 0) or 0) for doc in self.client_docs)
+
+    def errors(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for doc in self.client_docs:
+            for kind, count in doc.get("errors", {}).items():
+                if count:
+                    out[kind] = out.get(kind, 0) + count
+        return out
+
+
+class CrashServer:
+    """A `msgprof server` child that can be killed and restarted on the same endpoint."""
+
+    def __init__(self, settings: Settings, data_dir: Path, work: Path, procs: ChildProcesses):
+        self.config = PointConfig(
+            clients=settings.clients,
+            messages=settings.messages,
+            ack_after=settings.mode,
+            flush_interval_ms=settings.flush_interval_ms,
+        )
+        self.data_dir = data_dir
+        self.work = work
+        self.procs = procs
+        self.process: subprocess.Popen | None = None
+        self.endpoint: str | None = None
+        self.starts = 0
+        self.t_ready_ns = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.work / f"server-{self.starts}.log"
+
+    def start(self) -> str:
+        """Start on a free port the first time, on the same endpoint after; return it."""
+        bind = self.endpoint or "tcp://127.0.0.1:0"
+        for _ in range(BIND_TRIES):
+            ready = self.work / "ready"
+            ready.unlink(missing_ok=True)
+            self.starts += 1
+            argv = server_argv(self.config, self.data_dir, self.work) + ["--bind", bind]
+            self.process = self.procs.start(f"server-{self.starts}", argv, self.log_path)
+            endpoint = wait_ready(ready, self.process, SERVER_READY_S)
+            if endpoint is not None:
+                self.t_ready_ns = time.perf_counter_ns()
+                self.endpoint = endpoint
+                return endpoint
+            if self.process.poll() is None:
+                break  # alive but never ready: not a bind problem
+            if "Address already in use" not in self.log_path.read_text(errors="replace"):
+                break
+            time.sleep(0.1)  # the port is still held (TIME_WAIT without reuse, a slow exit)
+        raise RuntimeError(f"server did not get ready on {bind}; see {self.log_path}")
+
+    def kill(self) -> int:
+        """SIGKILL; returns the kill time (perf_counter_ns, CLOCK_MONOTONIC like the clients')."""
+        assert self.process is not None
+        t = time.perf_counter_ns()
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=KILL_WAIT_S)
+        return t
+
+    def recovery_findings(self) -> int:
+        """Recovery findings the running server logged at open (torn tails cut and the like)."""
+        return len(re.findall(r"recovery: ", self.log_path.read_text(errors="replace")))
+
+    def stop(self, problems: list[str]) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            if self.process.wait(timeout=SERVER_STOP_S) != 0:
+                problems.append("server_failed")
+        except subprocess.TimeoutExpired:
+            problems.append("server_hung")
+            self.process.kill()
+            self.process.wait()
+
+
+class ClientRun:
+    """`msgprof client --resend` child processes, each with its own ids and output dir."""
+
+    def __init__(self, settings: Settings, work: Path, procs: ChildProcesses) -> None:
+        self.settings = settings
+        self.work = work
+        self.procs = procs
+        self.runs: list[tuple[subprocess.Popen, Path, tuple[int, int]]] = []
+        self.next_id = 1
+
+    def start(self, endpoint: str) -> tuple[int, int]:
+        s = self.settings
+        lo, hi = self.next_id, self.next_id + s.clients - 1
+        self.next_id = hi + 1
+        out = self.work / f"client-{len(self.runs)}"
+        argv = [sys.executable, "-m", "msgprof", "client",
+                "--endpoint", endpoint, "--client-ids", f"{lo}-{hi}",
+                "--messages", str(s.messages), "--payload-bytes", str(s.payload_bytes),
+                "--timeout-s", str(s.timeout_s), "--deadline-s", str(s.client_deadline_s),
+                "--resend", "--out", str(out)]  # fmt: skip
+        log = self.work / f"{out.name}.log"
+        proc = self.procs.start(out.name, argv, log)
+        self.runs.append((proc, out, (lo, hi)))
+        # Its loop logs a progress line when it starts and then every second: from the first
+        # one on it is connecting and sending (imports alone take a few hundred ms).
+        deadline = time.monotonic() + CLIENT_START_S
+        while "connected " not in log.read_text(errors="replace"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"client process did not start; see {log}")
+            time.sleep(0.01)
+        return lo, hi
+
+    def running(self) -> bool:
+        return bool(self.runs) and self.runs[-1][0].poll() is None
+
+    def wait(self, problems: list[str]) -> None:
+        """Let every client process finish (each is bounded by its own deadline)."""
+        for proc, _out, _ids in self.runs:
+            try:
+                if proc.wait(timeout=self.settings.client_deadline_s + 30) != 0:
+                    problems.append("client_failed")
+            except subprocess.TimeoutExpired:
+                problems.append("client_hung")
+                proc.kill()
+                proc.wait()
+
+    def rtt(self) -> pa.Table | None:
+        tables = [pq.read_table(out / "rtt.parquet") for _, out, _ in self.runs
+                  if (out / "rtt.parquet").exists()]  # fmt: skip
+        return pa.concat_tables(tables) if tables else None
+
+    def docs(self) -> list[dict[str, Any]]:
+        import json
+
+        return [json.loads((out / "client.json").read_text()) for _, out, _ in self.runs
+                if (out / "client.json").exists()]  # fmt: skip
+
+
+def _acked_at(rtt: pa.Table) -> tuple[pa.Table, pa.Array]:
+    """The rows acknowledged as stored and the time each ack was read (ns, CLOCK_MONOTONIC)."""
+    stored = rtt.filter(pc.is_in(rtt["status"], value_set=pa.array(STORED_STATUSES)))
+    return stored, pc.add(stored["t_send_ns"], stored["rtt_ns"])
+
+
+def rate_before(rtt: pa.Table, ids: tuple[int, int], t_kill: int) -> float:
+    """Acknowledgements per second of clients `ids` before `t_kill`, over RATE_WINDOW_S or
+    from their first send if that is later (a rate, not diluted by the start)."""
+    stored, at = _acked_at(rtt)
+    mine = pc.and_(pc.greater_equal(rtt["client_id"], ids[0]), pc.less_equal(rtt["client_id"], ids[1]))
+    first_send = pc.min(pc.filter(rtt["t_send_ns"], mine)).as_py()
+    if first_send is None or first_send >= t_kill:
+        return 0.0
+    lo = max(t_kill - int(RATE_WINDOW_S * 1e9), first_send)
+    mask = pc.and_(
+        pc.and_(pc.greater_equal(stored["client_id"], ids[0]), pc.less_equal(stored["client_id"], ids[1])),
+        pc.and_(pc.greater(at, lo), pc.less_equal(at, t_kill)),
+    )
+    return (pc.sum(mask.cast(pa.int64())).as_py() or 0) / ((t_kill - lo) / 1e9)
+
+
+def lost_ages_ms(data_dir: Path, rtt: pa.Table, ids: tuple[int, int], t_kill: int) -> list[float]:
+    """For each acknowledged seq of clients `ids` that is not stored: ms from its send to the kill.
+
+    The server acknowledged it between its send and the client reading the ack, so this is an
+    upper bound on how long before the kill the lost record had been acknowledged.
+    """
+    stored, _at = _acked_at(rtt)
+    reader = QueueReader(data_dir)
+    on_disk = set(reader.client_ids())
+    ages = []
+    for cid in range(ids[0], ids[1] + 1):
+        mask = pc.equal(stored["client_id"], cid)
+        seqs = pc.filter(stored["seq"], mask).to_pylist()
+        times = pc.filter(stored["t_send_ns"], mask).to_pylist()
+        kept = {r.seq for r in reader.records(cid, after_seq=0)} if cid in on_disk else set()
+        ages += [(t_kill - t) / 1e6 for seq, t in zip(seqs, times) if seq not in kept]
+    return ages
+
+
+def run_mode(settings: Settings, root: Path, progress=print) -> ModeResult:
+    """All cycles of one mode in `root` (a fresh directory); every child is stopped on return."""
+    rng = random.Random(f"{settings.seed}-{settings.mode}")
+    result = ModeResult(settings)
+    work = root / settings.mode
+    work.mkdir(parents=True)
+    data_dir = work / "queues"
+    procs = ChildProcesses()
+    server = CrashServer(settings, data_dir, work, procs)
+    clients = ClientRun(settings, work, procs)
+    per_cycle_clients = settings.mode == "buffer"
+    started = time.monotonic()
+    try:
+        endpoint = server.start()
+        for cycle in range(settings.cycles):
+            if per_cycle_clients or not clients.running():
+                ids = clients.start(endpoint)
+            time.sleep(rng.uniform(*settings.kill_after))
+            under_load = clients.running()
+            t_ready = server.t_ready_ns
+            t_kill = server.kill()
+            t0 = time.monotonic()
+            server.start()
+            kill = Kill(t_kill, t_ready, under_load, restart_s=time.monotonic() - t0,
+                        recovery_findings=server.recovery_findings(), ids=ids)  # fmt: skip
+            result.kills.append(kill)
+            if per_cycle_clients:
+                clients.wait(result.problems)  # survivors finish; a client that lost data stops
+            progress(f"{settings.mode}: cycle {cycle + 1}/{settings.cycles} killed "
+                     f"{'under load' if under_load else 'IDLE'}, restarted in "
+                     f"{kill.restart_s * 1e3:.0f} ms, {kill.recovery_findings} recovery findings")  # fmt: skip
+        clients.wait(result.problems)
+        server.stop(result.problems)
+    finally:
+        procs.kill_all()
+    result.wall_s = time.monotonic() - started
+    rtt = clients.rtt()
+    result.client_docs = clients.docs()
+    result.check = verify_queues(data_dir, rtt, settings.payload_bytes)
+    if rtt is not None:
+        _stored, at = _acked_at(rtt)
+        for kill in result.kills:
+            inside = pc.and_(pc.greater_equal(at, kill.t_ready_ns), pc.less_equal(at, kill.t_kill_ns))
+            kill.acks_in_life = pc.sum(inside.cast(pa.int64())).as_py() or 0
+    if per_cycle_clients and rtt is not None:
+        for kill in result.kills:
+            ages = lost_ages_ms(data_dir, rtt, kill.ids, kill.t_kill_ns)
+            kill.lost = len(ages)
+            kill.rate_per_s = rate_before(rtt, kill.ids, kill.t_kill_ns)
+            kill.oldest_lost_ms = max(ages) if ages else None
+    return result
+
+
+def failures(result: ModeResult) -> list[str]:
+    """What makes a mode's run fail: the guarantees of docs/reliability.md."""
+    out = list(result.problems)
+    check = result.check
+    if result.settings.mode != "buffer" and check.get("lost"):
+        out.append(f"{check['lost']} acknowledged messages lost")
+    if check.get("duplicates_stored"):
+        out.append(f"{check['duplicates_stored']} records stored twice")
+    if check.get("corrupt"):
+        out.append(f"{check['corrupt']} corrupt records")
+    errors = result.errors()
+    if result.settings.mode != "buffer" and errors:
+        out.append(f"client errors {errors}")
+    return out
+
+
+def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    return "\n".join(fmt.format(*r) for r in [header, *rows])
+
+
+def _min_median(values: list[int]) -> tuple[int, int]:
+    return (min(values), int(statistics.median(values))) if values else (0, 0)
+
+
+def summary_table(results: list[ModeResult], markdown: bool) -> str:
+    header = ["ack_after", "kills", "under load", "acks per life min/median", "acked", "lost", "dup stored", "corrupt",
+              "stored unacked", "resends", "DUPLICATE acks", "recovery findings",
+              "restart median ms", "wall s"]  # fmt: skip
+    rows = []
+    for r in results:
+        check = r.check
+        rows.append([
+            r.settings.mode,
+            str(len(r.kills)),
+            str(sum(k.under_load and k.acks_in_life > 0 for k in r.kills)),
+            "/".join(str(v) for v in _min_median([k.acks_in_life for k in r.kills])),
+            str(r.total("acked") + r.total("duplicates")),
+            str(check.get("lost", "?")),
+            str(check.get("duplicates_stored", "?")),
+            str(check.get("corrupt", "?")),
+            str(check.get("stored_unacked", "?")),
+            str(r.total("resends")),
+            str(r.total("duplicates") + r.total("stale_replies")),
+            str(sum(k.recovery_findings for k in r.kills)),
+            f"{statistics.median(k.restart_s for k in r.kills) * 1e3:.0f}" if r.kills else "-",
+            f"{r.wall_s:.0f}",
+        ])  # fmt: skip
+    return _table(header, rows, markdown)
+
+
+def buffer_table(result: ModeResult, markdown: bool) -> str:
+    """Loss per kill in buffer mode against rate x flush interval."""
+    interval_s = result.settings.flush_interval_ms / 1e3
+    header = ["kill", "acks/s before", "rate x interval", "lost", "lost / (rate x interval)",
+              "lost / rate ms", "oldest lost sent ms before kill"]  # fmt: skip
+    rows = []
+    for n, k in enumerate(result.kills, 1):
+        bound = k.rate_per_s * interval_s
+        rows.append([
+            str(n), f"{k.rate_per_s:.0f}", f"{bound:.1f}", str(k.lost),
+            f"{k.lost / bound:.2f}" if bound else "-",
+            f"{k.lost / k.rate_per_s * 1e3:.1f}" if k.rate_per_s else "-",
+            f"{k.oldest_lost_ms:.1f}" if k.oldest_lost_ms is not None else "-",
+        ])  # fmt: skip
+    return _table(header, rows, markdown)
+
+
+def buffer_summary(result: ModeResult) -> dict[str, float]:
+    """Per-kill loss figures of a buffer run: mean, max, worst ratio to the bound, oldest age."""
+    interval_s = result.settings.flush_interval_ms / 1e3
+    lost = [k.lost for k in result.kills] or [0]
+    ratios = [k.lost / (k.rate_per_s * interval_s) for k in result.kills if k.rate_per_s > 0]
+    ages = [k.oldest_lost_ms for k in result.kills if k.oldest_lost_ms is not None]
+    return {
+        "lost_mean": statistics.mean(lost),
+        "lost_max": max(lost),
+        "ratio_mean": statistics.mean(ratios) if ratios else 0.0,
+        "ratio_max": max(ratios) if ratios else 0.0,
+        "oldest_lost_ms": max(ages) if ages else 0.0,
+        "flush_interval_ms": result.settings.flush_interval_ms,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cycles", type=int, default=20, help="kill/restart cycles per mode")
+    parser.add_argument("--modes", default="write,fsync,buffer", help="comma-separated ack modes")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the kill moments")
+    parser.add_argument("--clients", type=int, default=20, help="clients per client process")
+    parser.add_argument("--messages", type=int, default=1000, help="messages per client")
+    parser.add_argument("--payload-bytes", type=int, default=64, help="bytes per payload")
+    parser.add_argument("--flush-interval-ms", type=float, default=10.0, help="buffer mode flush interval")
+    parser.add_argument("--keep", type=Path, default=None, help="work in this new directory and keep it")
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    args = parser.parse_args(argv)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or args.cycles < 1:
+        parser.error(f"modes must be among {', '.join(MODES)}; cycles >= 1")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="crash-cycles-") as tmp:
+        root = args.keep or Path(tmp)
+        for mode in modes:
+            settings = Settings(mode=mode, cycles=args.cycles, clients=args.clients,
+                                messages=args.messages, seed=args.seed,
+                                payload_bytes=args.payload_bytes,
+                                flush_interval_ms=args.flush_interval_ms)  # fmt: skip
+            results.append(run_mode(settings, root, progress=lambda line: print(line, file=sys.stderr)))
+    print(summary_table(results, args.markdown))
+    status = 0
+    for r in results:
+        if r.settings.mode == "buffer":
+            print()
+            print(f"buffer, flush interval {r.settings.flush_interval_ms:g} ms: loss per kill")
+            print(buffer_table(r, args.markdown))
+            s = buffer_summary(r)
+            print(f"lost per kill: mean {s['lost_mean']:.1f}, max {s['lost_max']}; lost / "
+                  f"(acks/s x interval): mean {s['ratio_mean']:.2f}, max {s['ratio_max']:.2f}; "
+                  f"oldest lost ack {s['oldest_lost_ms']:.1f} ms before the kill")  # fmt: skip
+        bad = failures(r)
+        if bad:
+            status = 1
+            print(f"FAIL {r.settings.mode}: {'; '.join(bad)}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
