@@ -1,0 +1,249 @@
+"""analysis.csv and points.csv from real runs: columns, exact quantiles of raw samples, order,
+and a run that is missing files or holds a half-written point."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from msgprof import analysis
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+
+
+def documented_columns(table: str) -> list[str]:
+    """Column names of `table` (analysis.csv, points.csv, ...) in docs/results.md, in order."""
+    section = DOCS.read_text().split(f"## {table}", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([a-z0-9_]+)` \|", section, flags=re.MULTILINE)
+
+
+#: The fixture run: two plain points, one that runs out of server descriptors, a master case.
+SWEEP = {
+    "3-5-1": ["--clients", "3", "--messages", "5"],
+    "4-8-1": ["--clients", "4", "--messages", "8"],
+    "30-3-1": [
+        "--clients",
+        "30",
+        "--messages",
+        "3",
+        "--rlimit-nofile",
+        "100",
+        "--backlog",
+        "8",
+        "--max-open-files",
+        "8",
+        "--timeout-s",
+        "1",
+        "--connect-timeout-s",
+        "1",
+    ],
+}
+MASTER_STEPS = "2x4,3x6"
+HALF_WRITTEN = "5-5-1"
+
+
+def build_run(run: Path) -> Path:
+    """Run the fixture's points and master case with the real `msgprof` (in parallel), once."""
+    done = run / ".complete"
+    if done.exists():
+        return run
+    msgprof = [sys.executable, "-m", "msgprof", "-q"]
+    jobs = [
+        subprocess.Popen(
+            msgprof + ["point", *args, "--processes", "1", "--out", str(run / "points" / name)]
+        )
+        for name, args in SWEEP.items()
+    ]
+    jobs.append(
+        subprocess.Popen(
+            msgprof
+            + ["master", "--steps", MASTER_STEPS, "--processes", "1", "--out", str(run / "master")]
+        )
+    )
+    for job in jobs:
+        assert job.wait(timeout=120) == 0
+    half = run / "points" / HALF_WRITTEN
+    half.mkdir()
+    shutil.copy(run / "points" / "3-5-1" / "rtt.parquet", half / "rtt.parquet")
+    done.touch()
+    return run
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_run(tmp_path_factory.getbasetemp() / "fixture_run")
+
+
+@pytest.fixture
+def tables(run_dir: Path, tmp_path: Path) -> tuple[Path, pd.DataFrame, pd.DataFrame]:
+    """A copy of the fixture run with its tables written; (run dir, analysis.csv, points.csv)."""
+    copy = tmp_path / "run1"
+    shutil.copytree(run_dir, copy)
+    analysis.write_tables(copy)
+    points = pd.read_csv(copy / "points.csv")
+    points[["verdicts", "errors"]] = points[["verdicts", "errors"]].fillna("")
+    return copy, pd.read_csv(copy / "analysis.csv"), points
+
+
+def test_columns_are_exactly_the_documented_ones(tables) -> None:
+    _run, clients, points = tables
+    assert list(clients.columns) == documented_columns("analysis.csv")
+    assert list(points.columns) == documented_columns("points.csv")
+    assert analysis.CLIENT_COLUMNS == documented_columns("analysis.csv")
+    assert analysis.POINT_COLUMNS == documented_columns("points.csv")
+
+
+def test_one_row_per_point_and_per_client_in_phase_order(tables) -> None:
+    run, clients, points = tables
+    assert list(points["point"]) == [
+        "3-5-1",
+        "4-8-1",
+        "30-3-1",
+        "01-ramp_up-2x4",
+        "02-ramp_up-3x6",
+        "03-ramp_down-3x6",
+        "04-ramp_down-2x4",
+    ]
+    assert list(points["phase"]) == ["sweep"] * 3 + ["ramp_up"] * 2 + ["ramp_down"] * 2
+    assert list(points["step"].fillna(0).astype(int)) == [0, 0, 0, 1, 2, 3, 4]
+    assert list(points["rep"].fillna(0).astype(int)) == [1, 1, 1, 0, 0, 0, 0]
+    assert set(points["run"]) == {"run1"}
+    for p in points.itertuples():
+        rows = clients[clients["point"] == p.point]
+        assert len(rows) == p.clients
+        assert rows["client_id"].is_monotonic_increasing
+        raw = pd.read_parquet(
+            run / ("points" if p.phase == "sweep" else "master") / p.point / "clients.parquet"
+        )
+        assert sorted(rows["client_id"]) == sorted(raw["client_id"])
+    # master client ids keep growing from step to step
+    up = clients[clients["point"] == "02-ramp_up-3x6"]["client_id"]
+    assert list(up) == [3, 4, 5]
+
+
+def test_rtt_quantiles_are_exact_over_every_raw_ok_sample(tables) -> None:
+    run, _clients, points = tables
+    for p in points.itertuples():
+        raw = pd.read_parquet(
+            run / ("points" if p.phase == "sweep" else "master") / p.point / "rtt.parquet"
+        )
+        ok = raw.loc[raw["status"] == "OK", "rtt_ns"].to_numpy()
+        expected = np.quantile(ok, [0.5, 0.9, 0.99, 0.999, 1.0]) / 1e3
+        got = [p.rtt_p50_us, p.rtt_p90_us, p.rtt_p99_us, p.rtt_p999_us, p.rtt_max_us]
+        np.testing.assert_allclose(got, expected, atol=1e-3)
+        assert p.rtt_mean_us == pytest.approx(ok.mean() / 1e3, abs=1e-3)
+        assert p.acked == len(ok)
+
+
+def test_per_client_values_are_converted_from_clients_parquet(tables) -> None:
+    run, clients, _points = tables
+    raw = pd.read_parquet(run / "points" / "4-8-1" / "clients.parquet")
+    rows = clients[clients["point"] == "4-8-1"].reset_index(drop=True)
+    np.testing.assert_allclose(rows["connect_ms"], raw["connect_ns"] / 1e6, atol=1e-6)
+    np.testing.assert_allclose(rows["rtt_median_us"], raw["rtt_median_ns"] / 1e3, atol=1e-3)
+    assert (rows["acked"] == 8).all() and (rows["sent"] == 8).all()
+
+
+def test_a_point_that_hit_a_limit_keeps_its_verdict_errors_and_limits(tables) -> None:
+    run, clients, points = tables
+    doc = json.loads((run / "points" / "30-3-1" / "point.json").read_text())
+    row = points.set_index("point").loc["30-3-1"]
+    assert row["verdict"] == doc["verdict"]
+    assert row["verdicts"] == ";".join(doc["verdicts"])
+    assert row["errors"] == ";".join(f"{k}={v}" for k, v in sorted(doc["errors"].items()) if v)
+    assert int(row["rlimit_nofile"]) == 100  # the server's limit, not the point process's
+    never = clients[(clients["point"] == "30-3-1") & ~clients["connected"]]
+    assert len(never) == 30 - int(row["connected"])
+    assert never["connect_ms"].isna().all()
+
+
+def test_server_columns_come_from_the_point_summary(tables) -> None:
+    run, _clients, points = tables
+    doc = json.loads((run / "points" / "3-5-1" / "point.json").read_text())
+    row = points.set_index("point").loc["3-5-1"]
+    res = doc["server"]["resources"]
+    assert row["server_cpu_s"] == pytest.approx(res["cpu_user_s"] + res["cpu_system_s"], abs=1e-3)
+    assert row["server_peak_rss_mb"] == pytest.approx(res["peak_rss_bytes"] / 2**20, abs=1e-6)
+    assert row["server_peak_fds"] == res["peak_open_fds"]
+    assert row["server_service_p99_us"] == pytest.approx(
+        doc["server"]["service_ns"]["p99"] / 1e3, abs=1e-3
+    )
+    assert row["throughput_msgs_per_s"] == pytest.approx(doc["throughput_msgs_per_s"], abs=1e-3)
+
+
+def test_half_written_point_is_skipped_with_a_warning(run_dir: Path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="msgprof.analysis"):
+        clients, points = analysis.collect(run_dir)
+    assert HALF_WRITTEN not in set(points["point"])
+    assert HALF_WRITTEN not in set(clients["point"])
+    assert any(
+        HALF_WRITTEN in r.getMessage() and "point.json" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_missing_optional_files_give_nan_not_a_crash(run_dir: Path, tmp_path: Path, caplog) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    point = run / "points" / "4-8-1"
+    for name in ("rtt.parquet", "clients.parquet", "limits.json", "resources.parquet"):
+        (point / name).unlink()
+    doc = json.loads((point / "point.json").read_text())
+    doc["server"]["resources"] = {"samples": 0}
+    (point / "point.json").write_text(json.dumps(doc))
+    with caplog.at_level(logging.WARNING, logger="msgprof.analysis"):
+        clients, points = analysis.collect(run)
+    row = points.set_index("point").loc["4-8-1"]
+    for name in (
+        "rtt_p50_us",
+        "rtt_max_us",
+        "connect_p50_ms",
+        "server_cpu_s",
+        "server_peak_rss_mb",
+    ):
+        assert math.isnan(row[name]), name
+    assert pd.isna(row["somaxconn"])
+    assert row["verdict"] == "ok" and row["acked"] == 32
+    assert "4-8-1" not in set(clients["point"])
+    assert len(caplog.records) >= 4
+
+
+def test_write_tables_is_atomic_and_reads_back(tables) -> None:
+    run, clients, points = tables
+    assert not list(run.glob(".*.tmp"))
+    again_clients, again_points = analysis.read_tables(run)
+    assert len(again_clients) == len(clients) and len(again_points) == len(points)
+    assert str(again_points["step"].dtype) == "Int64"
+    assert again_points.loc[0, "errors"] == "" and again_points.loc[0, "verdicts"] == ""
+
+
+def test_empty_run_gives_header_only_tables(tmp_path: Path) -> None:
+    paths = analysis.write_tables(tmp_path)
+    headers = [p.read_text().strip().split(",") for p in paths]
+    assert headers == [documented_columns("analysis.csv"), documented_columns("points.csv")]
+
+
+def test_raw_rtt_is_read_a_row_group_at_a_time(run_dir: Path, tmp_path: Path) -> None:
+    table = pq.read_table(run_dir / "points" / "30-3-1" / "rtt.parquet")
+    pq.write_table(table, tmp_path / "rtt.parquet", row_group_size=7)
+    assert pq.ParquetFile(tmp_path / "rtt.parquet").num_row_groups > 1
+    frame = table.to_pandas()
+    expected = frame.loc[frame["status"] == "OK", "rtt_ns"].to_numpy()
+    np.testing.assert_array_equal(analysis.ok_rtt_ns(tmp_path / "rtt.parquet"), expected)
+
+
+def test_format_errors_sorts_kinds_and_drops_zeros() -> None:
+    assert (
+        analysis.format_errors({"not_sent": 7, "BUSY": 0, "TIMEOUT": 3}) == "TIMEOUT=3;not_sent=7"
+    )
+    assert analysis.format_errors({}) == ""
