@@ -136,9 +136,13 @@ def resolve_host(host: str) -> str:
 
 def _run(argv: list[str]) -> str:
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=SLURM_QUERY_TIMEOUT_S)
+        done = subprocess.run(
+            argv, capture_output=True, text=True, timeout=SLURM_QUERY_TIMEOUT_S, check=False
+        )
     except subprocess.TimeoutExpired as err:
-        raise ValueError(f"{' '.join(argv)} did not answer within {SLURM_QUERY_TIMEOUT_S} s") from err
+        raise ValueError(
+            f"{' '.join(argv)} did not answer within {SLURM_QUERY_TIMEOUT_S} s"
+        ) from err
     if done.returncode != 0:
         raise ValueError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
     return done.stdout
@@ -163,8 +167,12 @@ def node_address(node: str) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _srun_placement(bind: str | None, job_id: str, nodelist: str, here: str, cpus_text: str) -> Placement:
-    nodes = tuple(_run(["scontrol", "show", "hostnames", nodelist]).split()) if nodelist else (here,)
+def _srun_placement(
+    bind: str | None, job_id: str, nodelist: str, here: str, cpus_text: str
+) -> Placement:
+    nodes = (
+        tuple(_run(["scontrol", "show", "hostnames", nodelist]).split()) if nodelist else (here,)
+    )
     if here not in nodes:
         raise ValueError(
             f"--launcher srun runs the server on this host ({here}), which is not a node of "
@@ -213,17 +221,24 @@ def client_processes(config: LaunchSettings, local_default: int) -> int:
     return max(1, min(wanted, config.clients))
 
 
+def client_step(place: Placement, k: int, processes: int) -> tuple[str, int, str]:
+    """(node, CPUs, --exclusive or --overlap) of the srun step of client process k."""
+    node = place.node_of(k)
+    sharing = sum(1 for j in range(processes) if place.node_of(j) == node)
+    cpus = max(1, place.cpus.get(node, 1) // sharing)
+    # Steps on other nodes get CPUs of their own; co-located steps overlap the step that runs
+    # the server, and so do steps of a node given more processes than it has CPUs (--processes):
+    # exclusive steps would wait for each other there.
+    crowded = place.co_located or sharing > place.cpus.get(node, 1)
+    return node, cpus, "--overlap" if crowded else "--exclusive"
+
+
 def client_argv(config: LaunchSettings, k: int, processes: int, argv: list[str]) -> list[str]:
     """The command that starts client process k (of `processes`) of this point."""
     place = placement(config)
     if place.kind == "local":
         return argv
-    node = place.node_of(k)
-    sharing = sum(1 for j in range(processes) if place.node_of(j) == node)
-    cpus = max(1, place.cpus.get(node, 1) // sharing)
-    # Co-located steps overlap the step that runs the server; steps on other nodes get CPUs
-    # of their own.
-    share = "--overlap" if place.co_located else "--exclusive"
+    node, cpus, share = client_step(place, k, processes)
     drop = sorted(v for v in os.environ if v.startswith(("SLURM_", "SRUN_", "SBATCH_"))
                   and v not in _SLURM_KEEP)  # fmt: skip
     unset = ["env"] + [arg for v in drop for arg in ("-u", v)] if drop else []
@@ -254,10 +269,17 @@ def describe(config: LaunchSettings) -> dict[str, Any]:
     place = placement(config)
     doc: dict[str, Any] = {"kind": place.kind, "co_located": place.co_located, "bind": place.bind}
     if place.kind == "srun":
+        processes = client_processes(config, len(os.sched_getaffinity(0)))
         doc.update(
             server_node=place.server_node,
             client_nodes=list(place.client_nodes),
             nodes=list(place.nodes),
+            client_steps=[
+                {"node": node, "cpus": cpus, "share": share.lstrip("-")}
+                for node, cpus, share in (
+                    client_step(place, k, processes) for k in range(processes)
+                )
+            ],
             # Every process stamps its load window with its own host's monotonic clock.
             shared_clock=place.co_located,
         )
@@ -279,5 +301,19 @@ def describe(config: LaunchSettings) -> dict[str, Any]:
         if os.environ.get(var)
     }
     if job:
+        job.update(_job_limits(job["job_id"]) if "job_id" in job else {})
         doc["slurm"] = job
     return doc
+
+
+def _job_limits(job_id: str) -> dict[str, str]:
+    """The job's limits as slurmctld granted them (time limit, TRES, exclusivity); {} when
+    scontrol cannot tell."""
+    try:
+        text = _run(["scontrol", "show", "job", "-o", job_id])
+    except (ValueError, OSError):
+        return {}
+    fields = dict(re.findall(r"(\w+)=(\S*)", text))
+    wanted = {"time_limit": "TimeLimit", "tres": "TRES", "oversubscribe": "OverSubscribe",
+              "min_memory_node": "MinMemoryNode", "num_nodes": "NumNodes"}  # fmt: skip
+    return {key: fields[name] for key, name in wanted.items() if name in fields}

@@ -14,10 +14,10 @@ say() { echo "slurm-down: $*" >&2; }
 [ "$(id -u)" -eq 0 ] || { say "must run as root"; exit 1; }
 [ -d "$state" ] || { say "nothing to stop ($state does not exist)"; exit 0; }
 
-ours() {  # ours NAME: print the recorded pid of NAME if that process still runs NAME
+ours() {  # ours NAME: print the recorded pid of NAME if it still runs that daemon (slurmd-2: slurmd)
   local pid
   pid=$(cat "$state/$1.pid" 2>/dev/null) || return 1
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ] && echo "$pid"
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "${1%%-*}" ] && echo "$pid"
 }
 
 # Jobs first, while slurmctld and slurmd can still end them (their steps run under slurmstepd,
@@ -35,7 +35,8 @@ if ours slurmctld > /dev/null && [ "$(head -n1 "$conf" 2>/dev/null)" = "$marker"
   fi
 fi
 
-for name in slurmd slurmctld munged; do
+slurmds=$(cd "$state" && ls slurmd-*.pid 2>/dev/null | sed 's/\.pid$//')
+for name in $slurmds slurmctld munged; do
   pid=$(ours "$name") || { rm -f "$state/$name.pid"; continue; }
   kill -TERM "$pid" 2>/dev/null
   for _ in $(seq 1 60); do

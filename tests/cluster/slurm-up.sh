@@ -10,13 +10,19 @@
 # threads and memory are what `slurmd -C` reads from the machine. select/cons_tres, no accounting
 # (so Snakemake's slurm executor must use `squeue` for job status, which MinJobAge=300 makes
 # reliable). The daemons started here are recorded in $MSGPROF_SLURM_STATE (default
-# /run/msgprof-slurm), and slurm-down.sh stops exactly those. An existing /etc/slurm/slurm.conf
+# /run/msgprof-slurm), and slurm-down.sh stops exactly those.
+#
+# MSGPROF_SLURM_NODES=N (default 1) emulates N nodes on this host: one slurmd per node, named
+# HOST1..HOSTN, each on its own port with an equal share of the CPUs and memory, all at
+# 127.0.0.1. That is how `msgprof point --launcher srun` is tested with its clients on a node
+# other than the server's (the network path is loopback; everything SLURM does is real). An existing /etc/slurm/slurm.conf
 # is kept aside there and put back by slurm-down.sh. Running it again while the cluster it
 # started is up only waits for the node.
 set -euo pipefail
 
 state=${MSGPROF_SLURM_STATE:-/run/msgprof-slurm}
 wait_s=${MSGPROF_SLURM_WAIT_S:-90}
+count=${MSGPROF_SLURM_NODES:-1}
 conf=/etc/slurm/slurm.conf
 marker="# msgprof single-node test cluster (tests/cluster/slurm-up.sh)"
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,38 +34,43 @@ die() { say "$*"; exit 1; }
 [ "$(uname -s)" = Linux ] || die "needs Linux"
 started=$(date +%s.%N)
 
-alive() {  # alive NAME: the recorded pid of daemon NAME runs the program NAME
+alive() {  # alive NAME: the recorded pid of daemon NAME (slurmd-2: a slurmd) still runs it
   local pid
   pid=$(cat "$state/$1.pid" 2>/dev/null) || return 1
-  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$1" ]
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "${1%%-*}" ]
 }
 
-node_state() {
-  timeout 10 sinfo -h -N -n "$node" -o %t 2>/dev/null | head -n1 || true
-}
-
-wait_idle() {  # wait until the node is idle; resume it once if slurm marked it down
-  local deadline=$(( $(date +%s) + wait_s )) resumed=0 s
+wait_idle() {  # wait until every node is idle; resume them once if slurm marked one down
+  local deadline=$(( $(date +%s) + wait_s )) resumed=0 s d
   while [ "$(date +%s)" -lt "$deadline" ]; do
-    s=$(node_state)
+    s=$(timeout 10 sinfo -h -N -o %t 2>/dev/null | sort -u | tr '\n' ' ' || true)
+    [ "$s" = "idle " ] && [ "$(timeout 10 sinfo -h -N -o %N | wc -l)" -eq "$count" ] && return 0
     case "$s" in
-      idle) return 0 ;;
-      down*|drain*|inval*)
+      *down*|*drain*|*inval*)
         if [ "$resumed" -eq 0 ]; then
-          timeout 10 scontrol update nodename="$node" state=resume 2>/dev/null || true
+          timeout 10 scontrol update nodename="$nodes" state=resume 2>/dev/null || true
           resumed=1
         fi ;;
     esac
-    for d in slurmctld slurmd; do
-      [ ! -f "$state/$d.pid" ] || alive "$d" || { say "$d exited; its log:"; tail -n 30 "$state/$d.log" >&2 || true; return 1; }
+    for d in "$state"/*.pid; do
+      d=$(basename "$d" .pid)
+      alive "$d" || { say "$d exited; its output:"; tail -n 30 "$state/$d.out" >&2 || true; return 1; }
     done
     sleep 0.5
   done
-  say "node $node not idle after ${wait_s}s (state: ${s:-none})"
+  say "nodes $nodes not idle after ${wait_s}s (states: ${s:-none})"
   return 1
 }
 
-node=$(hostname -s)
+[[ "$count" =~ ^[1-9][0-9]?$ ]] || die "MSGPROF_SLURM_NODES must be a number from 1 to 99"
+host=$(hostname -s)
+if [ "$count" -eq 1 ]; then
+  names=("$host")
+else
+  names=()
+  for i in $(seq 1 "$count"); do names+=("$host$i"); done
+fi
+nodes=$(IFS=,; echo "${names[*]}")
 
 # 1. Packages (no recommends). Keep package scripts from starting services (policy-rc.d: 101),
 #    so nothing runs that this script did not start.
@@ -85,8 +96,10 @@ if [ "${#need[@]}" -gt 0 ]; then
 fi
 
 # 2. Already up (started by this script earlier)?
-if alive slurmctld && alive slurmd && [ "$(head -n1 "$conf" 2>/dev/null)" = "$marker" ]; then
-  say "already running (state in $state); waiting for node $node"
+if alive slurmctld && [ "$(head -n1 "$conf" 2>/dev/null)" = "$marker" ]; then
+  running=$(cat "$state/nodes" 2>/dev/null || echo 1)
+  [ "$running" = "$count" ] || die "running with $running node(s), not $count: run slurm-down.sh first"
+  say "already running (state in $state); waiting for nodes $nodes"
   wait_idle || exit 1
   exit 0
 fi
@@ -99,6 +112,7 @@ done
 mkdir -p "$state"
 chmod 755 "$state"
 rm -f "$state"/*.pid
+echo "$count" > "$state/nodes"
 
 # 3. Configuration for this host.
 hw=$(slurmd -C | head -n1)
@@ -106,20 +120,27 @@ field() { sed -n "s/.*[[:space:]]$1=\([0-9]*\).*/\1/p" <<< "$hw"; }
 cpus=$(field CPUs); boards=$(field Boards); sockets=$(field SocketsPerBoard)
 cores=$(field CoresPerSocket); threads=$(field ThreadsPerCore); mem=$(field RealMemory)
 [ -n "$cpus" ] && [ -n "$mem" ] || die "could not read the hardware from 'slurmd -C': $hw"
+if [ "$count" -eq 1 ]; then
+  geometry="CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1}"
+else  # an equal share of the machine per emulated node
+  share=$(( cpus / count )); [ "$share" -ge 1 ] || share=1
+  geometry="CPUs=$share"
+  mem=$(( mem / count ))
+fi
 
 mkdir -p /etc/slurm "$state/ctld" "$state/d"
 if [ -e "$conf" ] && [ "$(head -n1 "$conf")" != "$marker" ]; then
   [ -e "$state/slurm.conf.orig" ] || cp -p "$conf" "$state/slurm.conf.orig"
   say "kept the existing $conf as $state/slurm.conf.orig (slurm-down.sh puts it back)"
 fi
-touch "$state/slurmctld.log" "$state/slurmd.log"
+touch "$state/slurmctld.log"
 chown slurm:slurm "$state/ctld" "$state/slurmctld.log"
 tmp=$(mktemp "$conf.XXXXXX")
 cat > "$tmp" <<EOF
 $marker
 # Written $(date -u +%Y-%m-%dT%H:%M:%SZ); slurm-down.sh removes it.
 ClusterName=msgprof
-SlurmctldHost=$node(127.0.0.1)
+SlurmctldHost=$host(127.0.0.1)
 AuthType=auth/munge
 CredType=cred/munge
 SlurmUser=slurm
@@ -127,11 +148,11 @@ SlurmdUser=root
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$state/ctld
-SlurmdSpoolDir=$state/d
+SlurmdSpoolDir=$state/d/%n
 SlurmctldPidFile=$state/slurmctld.daemon.pid
-SlurmdPidFile=$state/slurmd.daemon.pid
+SlurmdPidFile=$state/slurmd.%n.daemon.pid
 SlurmctldLogFile=$state/slurmctld.log
-SlurmdLogFile=$state/slurmd.log
+SlurmdLogFile=$state/slurmd.%n.log
 # No cgroups: processes tracked by parentage, tasks pinned with sched_setaffinity, so inside a
 # job nproc and sched_getaffinity show the allocation.
 ProctrackType=proctrack/linuxproc
@@ -149,12 +170,15 @@ ReturnToService=2
 SlurmdTimeout=120
 InactiveLimit=0
 KillWait=10
-NodeName=$node NodeAddr=127.0.0.1 CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1} RealMemory=$mem State=UNKNOWN
-PartitionName=main Nodes=$node Default=YES MaxTime=INFINITE State=UP
+$(for i in "${!names[@]}"; do
+  port=""; [ "$count" -eq 1 ] || port=" NodeHostname=$host Port=$((6818 + i))"
+  echo "NodeName=${names[$i]} NodeAddr=127.0.0.1$port $geometry RealMemory=$mem State=UNKNOWN"
+done)
+PartitionName=main Nodes=$nodes Default=YES MaxTime=INFINITE State=UP
 EOF
 chmod 644 "$tmp"
 mv "$tmp" "$conf"
-say "wrote $conf: node $node, $cpus CPUs, $mem MB"
+say "wrote $conf: node(s) $nodes; this host has $cpus CPUs, $(field RealMemory) MB"
 
 # 4. Daemons, each in the foreground of its own session; their pids go to $state.
 start() {  # start NAME ARGV...: run ARGV in the background, record its pid as NAME
@@ -176,11 +200,14 @@ else
   done
 fi
 start slurmctld slurmctld -D -i
-start slurmd slurmd -D -N "$node"
+for i in "${!names[@]}"; do
+  mkdir -p "$state/d/${names[$i]}"
+  start "slurmd-$((i + 1))" slurmd -D -N "${names[$i]}"
+done
 
 if ! wait_idle; then
   "$here/slurm-down.sh" || true
   exit 1
 fi
-say "node $node idle after $(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}') s"
+say "node(s) $nodes idle after $(awk -v s="$started" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}') s"
 timeout 10 sinfo -N -l >&2 || true
