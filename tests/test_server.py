@@ -107,10 +107,10 @@ def test_silent_peer_raw_tcp_garbage_and_vanishing_peer_do_not_disturb_others(tm
         silent.close()
         good.close()
     stats = server.final_stats
-    assert stats["stored"] == 54
-    assert stats["connections"]["peak"] >= 3
     records = [r.seq for r in QueueReader(tmp_path / "q").records(77, after_seq=0)]
-    assert records in ([1, 2, 3], [1, 2, 3, 4])
+    assert records in ([1, 2, 3], [1, 2, 3, 4])  # seq 4 may die with its sender (linger 0)
+    assert stats["stored"] == 50 + len(records)
+    assert stats["connections"]["peak"] >= 3
 
 
 def test_server_process_ready_file_sigterm_and_stats(tmp_path, zctx):

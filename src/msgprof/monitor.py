@@ -115,6 +115,8 @@ class ResourceMonitor:
                 "ctx_voluntary": ctx.voluntary,
                 "ctx_involuntary": ctx.involuntary,
             }
+        if not row["rss_bytes"]:
+            return  # the process is exiting: its memory and descriptors are already gone
         now = time.monotonic()
         row["t_s"] = now - self._t0
         row["queue_files"], row["queue_bytes"] = self._scan(now)

@@ -327,7 +327,8 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     out_dir = Path(out_dir)
     work, data_dir = fresh_dirs(config, out_dir)
     started = time.time()
-    atomic.write_json(out_dir / "limits.json", sysinfo.limits(data_dir))
+    limits = sysinfo.limits(data_dir)
+    atomic.write_json(out_dir / "limits.json", limits)
     timings: dict[str, float] = {}
     problems: list[str] = []
     procs = ChildProcesses()
@@ -357,6 +358,9 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     check = verify_queues(data_dir, load.rtt, config.payload_bytes) if config.store == "file" else None
     timings["verify_s"] = time.monotonic() - t3
     resources = server.monitor.table() if server.monitor else None
+    if server_stats.get("rlimit_nofile"):  # the server may run with a lower limit than we do
+        limits["server_rlimit_nofile_soft"] = server_stats["rlimit_nofile"]["soft"]
+        atomic.write_json(out_dir / "limits.json", limits)
     document = write_point(
         out_dir, config, load, server_stats, resources, check, problems, timings, started
     )
