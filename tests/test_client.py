@@ -38,7 +38,8 @@ class EchoServer:
     """A ROUTER in a thread: `mode` says how it answers each DATA request.
 
     ok: OK ack; wrong_seq: ack for seq + 1; silent: no answer; duplicate: DUPLICATE ack;
-    busy: BUSY ack; garbage: a frame that is not a header.
+    busy: BUSY ack; garbage: a frame that is not a header; drop_first: no answer to the first
+    copy of a (client, seq), OK to later ones; double: two OK acks for each request.
     """
 
     def __init__(self, mode: str = "ok") -> None:
@@ -50,6 +51,7 @@ class EchoServer:
         self.sock.bind("tcp://127.0.0.1:*")
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.received: list[tuple[int, int, bytes]] = []
+        self._seen: set[tuple[int, int]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
@@ -79,6 +81,9 @@ class EchoServer:
                 self.received.append((client_id, seq, payload))
                 if self.mode == "silent":
                     continue
+                if self.mode == "drop_first" and (client_id, seq) not in self._seen:
+                    self._seen.add((client_id, seq))
+                    continue
                 if self.mode == "garbage":
                     self.sock.send_multipart([identity, b"not a header"])
                     continue
@@ -89,7 +94,10 @@ class EchoServer:
                     status = Status.DUPLICATE
                 elif self.mode == "busy":
                     status = Status.BUSY
-                self.sock.send_multipart([identity, encode_ack(status, client_id, ack_seq, t_send)])
+                ack = encode_ack(status, client_id, ack_seq, t_send)
+                self.sock.send_multipart([identity, ack])
+                if self.mode == "double":
+                    self.sock.send_multipart([identity, ack])
 
 
 def _free_port() -> int:
@@ -344,3 +352,159 @@ def test_error_during_run_does_not_hang(tmp_path: Path) -> None:
     with pytest.raises(zmq.ZMQError):
         run_clients(config, tmp_path)
     assert not (tmp_path / "client.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Resend mode
+
+
+def test_resend_on_timeout(tmp_path: Path) -> None:
+    # Every first copy is dropped: the default client stops at its first timeout, a resending
+    # one sends each message twice and gets all of them acknowledged.
+    with EchoServer("drop_first") as server:
+        config = ClientConfig(server.endpoint, [1, 2], messages=4, timeout_s=0.1, resend=True)
+        summary = run_clients(config, tmp_path)
+        received = list(server.received)
+    rtt, clients, _ = _read(tmp_path)
+    assert summary["acked"] == 8 and set(summary["errors"].values()) == {0}
+    assert (rtt.status == "OK").all() and (rtt.rtt_ns >= 100_000_000).all()
+    assert clients.resends.tolist() == [4, 4] and summary["resends"] == 8
+    assert summary["resend"] and summary["reconnects"] == 0
+    # Each resend carried the same seq and payload as the first copy.
+    assert sorted(received) == sorted(
+        (c, s, payload_for(c, s, 64)) for c in (1, 2) for s in range(1, 5) for _ in range(2)
+    )
+
+
+def test_default_mode_does_not_resend(tmp_path: Path) -> None:
+    with EchoServer("drop_first") as server:
+        config = ClientConfig(server.endpoint, [1], messages=4, timeout_s=0.1)
+        summary = run_clients(config, tmp_path)
+    _, clients, _ = _read(tmp_path)
+    assert summary["errors"]["TIMEOUT"] == 1 and summary["resends"] == 0
+    assert clients.resends.tolist() == [0] and not summary["resend"]
+
+
+def test_stale_replies_skipped_in_resend_mode(tmp_path: Path) -> None:
+    # A second answer to a settled seq is a mismatch by default, a stale reply when resending.
+    with EchoServer("double") as server:
+        summary = run_clients(ClientConfig(server.endpoint, [1], messages=5), tmp_path / "a")
+        assert summary["errors"]["MISMATCH"] == 1
+        config = ClientConfig(server.endpoint, [2], messages=5, resend=True)
+        summary = run_clients(config, tmp_path / "b")
+    assert summary["acked"] == 5 and set(summary["errors"].values()) == {0}
+    assert summary["stale_replies"] >= 4 and summary["resends"] == 0
+
+
+def test_resend_deadline_bounds_run(tmp_path: Path) -> None:
+    with EchoServer("silent") as server:
+        config = ClientConfig(server.endpoint, [1, 2], messages=3, timeout_s=0.1,
+                              deadline_s=0.55, resend=True)  # fmt: skip
+        start = time.monotonic()
+        summary = run_clients(config, tmp_path)
+        assert time.monotonic() - start < 3
+    assert summary["deadline_hit"] and summary["errors"]["TIMEOUT"] == 2
+    assert summary["errors"]["not_sent"] == 4 and summary["resends"] >= 6
+
+
+class RestartingServer:
+    """A ROUTER in a thread that answers OK/DUPLICATE like the real server, goes away without
+    answering after `crash_after` requests (closing its socket), and binds the same port again
+    after `down_s`."""
+
+    def __init__(self, crash_after: int, down_s: float) -> None:
+        self.ctx = zmq.Context()
+        self.port = _free_port()
+        self.endpoint = f"tcp://127.0.0.1:{self.port}"
+        self.crash_after = crash_after
+        self.down_s = down_s
+        self.last: dict[int, int] = {}
+        self.replies: list[str] = []
+        self.lives = 0
+        self._stop = threading.Event()
+        self._bound = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def __enter__(self) -> RestartingServer:
+        self._thread.start()
+        assert self._bound.wait(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.ctx.destroy(linger=0)
+
+    def _bind(self) -> zmq.Socket:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        for _ in range(50):  # the port may be held for a moment after the close
+            try:
+                sock.bind(self.endpoint)
+                break
+            except zmq.ZMQError:
+                time.sleep(0.05)
+        self.lives += 1
+        self._bound.set()
+        return sock
+
+    def _serve(self) -> None:
+        sock = self._bind()
+        handled = 0
+        while not self._stop.is_set():
+            if not sock.poll(50):
+                continue
+            identity, header, _payload = sock.recv_multipart()
+            fields = HEADER.unpack(header)
+            client_id, seq, t_send = fields[6], fields[7], fields[8]
+            handled += 1
+            if handled == self.crash_after:  # stored, but the ack dies with the server
+                self.last[client_id] = max(self.last.get(client_id, 0), seq)
+                sock.close(linger=0)
+                time.sleep(self.down_s)
+                sock = self._bind()
+                continue
+            last = self.last.get(client_id, 0)
+            status = Status.OK if seq == last + 1 else Status.DUPLICATE
+            if status == Status.OK:
+                self.last[client_id] = seq
+            self.replies.append(status.name)
+            sock.send_multipart([identity, encode_ack(status, client_id, seq, t_send)])
+        sock.close(linger=0)
+
+
+@pytest.mark.parametrize("event_loop", ["epoll", "poller"])
+def test_resend_after_reconnect(tmp_path: Path, event_loop: str) -> None:
+    # The server goes away holding one stored but unacknowledged message; the client's DEALER
+    # reconnects to the same port by itself, the message is resent and answered DUPLICATE.
+    with RestartingServer(crash_after=7, down_s=0.3) as server:
+        config = ClientConfig(server.endpoint, [1], messages=10, timeout_s=5, resend=True,
+                              event_loop=event_loop)  # fmt: skip
+        start = time.monotonic()
+        summary = run_clients(config, tmp_path)
+        elapsed = time.monotonic() - start
+        lives = server.lives
+    rtt, clients, _ = _read(tmp_path)
+    assert lives == 2
+    assert elapsed < 4  # resent on reconnect, well before the 5 s reply timeout
+    assert rtt.seq.tolist() == list(range(1, 11))
+    assert rtt.status.tolist() == ["OK"] * 6 + ["DUPLICATE"] + ["OK"] * 3
+    assert rtt.rtt_ns.iloc[6] >= 300_000_000  # from the first send, outage included
+    assert summary["disconnects"] == 1 and summary["reconnects"] == 1
+    assert summary["resends"] == 1 == clients.resends.iloc[0]
+    assert set(summary["errors"].values()) == {0}
+
+
+def test_plan_capacity_keep_monitors() -> None:
+    # Resend mode keeps each client's monitor: 4 descriptors and 3 sockets a client.
+    plain = plan_capacity(1000, 32, None, open_fds=10, rlimit=(20000, 20000), socket_limit=65535)
+    kept = plan_capacity(1000, 32, None, open_fds=10, rlimit=(20000, 20000), socket_limit=65535,
+                         keep_monitors=True)  # fmt: skip
+    assert kept.fds_needed == plain.fds_needed - 2 * 32 + 2 * 1000
+    assert kept.max_sockets >= 3 * 1000 and kept.connect_window == 32
+    with pytest.raises(CapacityError, match="RLIMIT_NOFILE is 4000"):
+        plan_capacity(1000, 32, None, open_fds=10, rlimit=(4000, 4000), socket_limit=65535,
+                      keep_monitors=True)  # fmt: skip
+    with pytest.raises(CapacityError, match="3 per client"):
+        plan_capacity(1000, 32, 2000, open_fds=10, rlimit=(20000, 20000), socket_limit=65535,
+                      keep_monitors=True)  # fmt: skip

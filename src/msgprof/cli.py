@@ -248,7 +248,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="run load-generating clients",
         description="Play many clients from one process: each has its own DEALER socket and "
         "TCP connection and sends --messages sequenced messages, one in flight, timing setup "
-        "and every round trip. Writes rtt.parquet, clients.parquet and client.json to --out.",
+        "and every round trip. Writes rtt.parquet, clients.parquet and client.json to --out. "
+        "SIGTERM or SIGINT ends the run early; the outputs are still written.",
     )
     cli.add_argument("--endpoint", required=True, help="server endpoint, e.g. tcp://127.0.0.1:5555")
     cli.add_argument(
@@ -391,6 +392,9 @@ def _cmd_server(args: argparse.Namespace) -> int:
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from msgprof.client import ClientConfig, parse_client_ids, run_clients
 
     config = ClientConfig(
@@ -408,7 +412,14 @@ def _cmd_client(args: argparse.Namespace) -> int:
         resend=args.resend,
     )
     log = logging.getLogger("msgprof.client")
-    run_clients(config, args.out, progress=log.info)
+    stop = threading.Event()
+    # SIGTERM/SIGINT end the run early but still write its outputs (what was in flight is
+    # recorded as TIMEOUT, the rest as not sent).
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    summary = run_clients(config, args.out, progress=log.info, stop=stop)
+    if summary["stopped"]:
+        log.info("stopped early by a signal; outputs written")
     return 0
 
 

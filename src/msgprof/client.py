@@ -82,7 +82,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import psutil
@@ -125,6 +125,8 @@ HWM = 16
 #: maximum, so clients refused by a server that is down or full back off instead of hammering it.
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
+#: How often the loop looks at a stop request when it has one (ns).
+STOP_POLL_NS = 100_000_000
 
 _OK = int(Status.OK)
 _DUPLICATE = int(Status.DUPLICATE)
@@ -137,6 +139,12 @@ _HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 _MONITOR_EVENT = struct.Struct("=HI")
 _ID_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+
+
+class _Stop(Protocol):
+    """A stop request, e.g. a threading.Event set by a signal handler."""
+
+    def is_set(self) -> bool: ...
 
 
 class CapacityError(RuntimeError):
@@ -493,6 +501,7 @@ class _Loop:
         self.first_send = -1
         self.last_reply = -1
         self.deadline_hit = False
+        self.stopped = False  # a stop request ended the run
         self.socket_retries = 0  # socket creation refused (EMFILE), tried again later
         self.starved_since = -1  # start of the current run of refusals
         # start="all_connected": first messages wait until every client has connected or failed.
@@ -780,13 +789,16 @@ class _Loop:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self, deadline: int) -> None:
+    def run(self, deadline: int, stop: _Stop | None = None) -> None:
         waiter = self.waiter
         next_progress = 0
         while self.n_done < self.n:
             now = time.perf_counter_ns()
             if now >= deadline:
                 self.deadline_hit = True
+                break
+            if stop is not None and stop.is_set():
+                self.stopped = True
                 break
             self.expire(now)
             self.fill_connect_window(now)
@@ -798,6 +810,8 @@ class _Loop:
                 self.report()
                 next_progress = now + 1_000_000_000
             wake = min(deadline, next_progress)
+            if stop is not None:
+                wake = min(wake, now + STOP_POLL_NS)
             if self.msg_deadlines:
                 wake = min(wake, self.msg_deadlines[0][0])
             if self.conn_deadlines:
@@ -855,8 +869,13 @@ def run_clients(
     config: ClientConfig,
     out_dir: Path,
     progress: Callable[[str], None] | None = None,
+    stop: _Stop | None = None,
 ) -> dict:
     """Play all clients of `config`, write rtt.parquet, clients.parquet and client.json.
+
+    `stop` (e.g. a threading.Event): once set, the run ends within STOP_POLL_NS as it does at
+    the deadline (messages in flight are TIMEOUT, the rest not sent) and the outputs are
+    written; ``stopped`` in client.json says so.
 
     Each output is written to a temporary name in `out_dir` and renamed, client.json last.
     Returns the client.json dict. Raises CapacityError before any socket is made when the
@@ -908,7 +927,7 @@ def run_clients(
             ru0 = resource.getrusage(resource.RUSAGE_SELF)
             threads0 = _thread_cpu_s()
             thread0 = time.thread_time_ns()
-            loop.run(t0 + int(config.deadline_s * 1e9))
+            loop.run(t0 + int(config.deadline_s * 1e9), stop)
             thread_s = (time.thread_time_ns() - thread0) / 1e9
             threads1 = _thread_cpu_s()
             ru1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -1054,6 +1073,7 @@ def _write_outputs(
         "duplicates": int(duplicates.sum()),
         "errors": errors,
         "deadline_hit": loop.deadline_hit,
+        "stopped": loop.stopped,
         "resend": config.resend,
         "resends": int(sum(loop.resends)),
         "reconnects": loop.reconnects,
