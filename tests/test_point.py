@@ -51,15 +51,17 @@ def test_point_end_to_end(tmp_path, ack_after):
 
 def test_point_that_hits_the_descriptor_limit_has_that_verdict(tmp_path):
     out = tmp_path / "point"
-    done = msgprof("point", "--clients", "160", "--messages", "5", "--rlimit-nofile", "200",
+    done = msgprof("point", "--clients", "160", "--messages", "5", "--processes", "1", "--rlimit-nofile", "200",
                    "--backlog", "16", "--max-open-files", "16", "--connect-timeout-s", "3",
                    "--timeout-s", "2", "--deadline-s", "20", "--out", str(out))  # fmt: skip
     assert done.returncode == 0, done.stderr  # a limit is a result, not a crash
     point = json.loads((out / "point.json").read_text())
     assert point["verdict"] == "descriptor_limit", point["verdict_detail"]
     assert point["server"]["refused"] > 0
+    assert point["connected"] <= point["server"]["max_connections"]
+    assert point["errors"]["not_connected"] == 160 - point["connected"]  # recorded as such
     assert point["lost"] == 0 and point["duplicates_stored"] == 0
-    strict = msgprof("point", "--clients", "160", "--messages", "5", "--rlimit-nofile", "200",
+    strict = msgprof("point", "--clients", "160", "--messages", "5", "--processes", "1", "--rlimit-nofile", "200",
                      "--backlog", "16", "--max-open-files", "16", "--connect-timeout-s", "3",
                      "--timeout-s", "2", "--deadline-s", "20", "--strict", "--out", str(out))  # fmt: skip
     assert strict.returncode == 1

@@ -25,7 +25,7 @@ TINY = {
     "sweep": {"clients": [3, 150], "messages": [4], "repetitions": 1, "payload_bytes": 32},
     "master": {"enabled": True, "steps": ["2x3", "4x5"]},
     "server": {"backlog": 16, "max_open_files": 16, "rlimit_nofile": 200},
-    "client": {"timeout_s": 2, "connect_timeout_s": 3, "deadline_s": 30},
+    "client": {"processes": 1, "timeout_s": 2, "connect_timeout_s": 3, "deadline_s": 30},
 }
 
 

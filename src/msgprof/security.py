@@ -1,6 +1,7 @@
 """Optional CURVE security: key files, the server's allow-list, and the loopback rule.
 
-Keys are ZeroMQ certificate files as `zmq.auth` writes them (NAME.key with the public key,
+Every handshake passes the server's Gatekeeper (a ZAP handler), which also refuses connections
+the server has no descriptors for. Keys are ZeroMQ certificate files as `zmq.auth` writes them (NAME.key with the public key,
 NAME.key_secret with both). The server loads its secret certificate and a directory of
 allowed client public certificates; a client with any other key fails the handshake.
 A server bound to anything but loopback without CURVE is reachable by anyone who can route to
@@ -11,11 +12,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
 from pathlib import Path
+from typing import Callable
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 log = logging.getLogger("msgprof.security")
 
@@ -47,26 +50,70 @@ def load_public(path: Path) -> bytes:
     return public
 
 
-def serve_curve(ctx: zmq.Context, sock: zmq.Socket, secret_file: Path, allow_dir: Path) -> ThreadAuthenticator:
-    """Make `sock` a CURVE server that admits only the public keys found in `allow_dir`.
+class Gatekeeper:
+    """The server's ZAP handler: admits a connection during its handshake, or refuses it.
 
-    Returns the running authenticator; stop it when the socket is closed.
+    Two rules: with CURVE on, the client's public key must be in the allow-list; and the
+    server must have descriptors to spare (`admit()` is true). A refused client sees its
+    handshake fail (ZMTP ERROR, status 400) instead of a connection that hangs, and its
+    descriptor is freed at once. One thread; the handshake waits for its answer.
     """
+
+    ENDPOINT = "inproc://zeromq.zap.01"
+
+    def __init__(self, ctx: zmq.Context, admit: Callable[[], bool], allowed: set[bytes] | None) -> None:
+        self.admit = admit
+        self.allowed = allowed
+        self.refused_full = 0
+        self.refused_key = 0
+        self._sock = ctx.socket(zmq.REP)
+        self._sock.linger = 0
+        self._sock.bind(self.ENDPOINT)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="msgprof-zap", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        try:
+            while not self._stop.is_set():
+                if self._sock.poll(100):
+                    self._answer(self._sock.recv_multipart())
+        finally:
+            self._sock.close(linger=0)  # closed by the thread that used it
+
+    def _answer(self, request: list[bytes]) -> None:
+        """Reply to one ZAP request (RFC 27): 200 to admit, 400 to refuse."""
+        version, request_id, _domain, _address, _identity, mechanism = request[:6]
+        status, text = b"200", b"OK"
+        if self.allowed is not None and (
+            mechanism != b"CURVE" or z85.encode(request[6]) not in self.allowed
+        ):
+            status, text = b"400", b"unknown key"
+            self.refused_key += 1
+        elif not self.admit():
+            status, text = b"400", b"server full"
+            self.refused_full += 1
+        self._sock.send_multipart([version, request_id, status, text, b"", b""])
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def curve_server(sock: zmq.Socket, secret_file: Path, allow_dir: Path) -> set[bytes]:
+    """Make `sock` a CURVE server; return the client public keys (Z85) found in `allow_dir`."""
     allow_dir = Path(allow_dir)
     if not allow_dir.is_dir():
         raise ValueError(f"--curve-allow {allow_dir} is not a directory of client certificates")
-    allowed = sorted(allow_dir.glob("*.key"))
+    allowed = {load_public(path) for path in sorted(allow_dir.glob("*.key"))}
     if not allowed:
         raise ValueError(f"--curve-allow {allow_dir} holds no *.key client certificates")
     public, secret = load_secret(secret_file)
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("msgprof.zap"))
-    auth.start()
-    auth.configure_curve(domain="*", location=str(allow_dir))
     sock.curve_secretkey = secret
     sock.curve_publickey = public
     sock.curve_server = True
     log.info("CURVE on: %d allowed client keys from %s", len(allowed), allow_dir)
-    return auth
+    return allowed
 
 
 def connect_curve(sock: zmq.Socket, secret_file: Path, server_key_file: Path) -> None:

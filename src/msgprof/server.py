@@ -12,7 +12,6 @@ import array
 import logging
 import os
 import signal
-import socket
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -137,7 +136,7 @@ class Counters:
     accepted: int = 0
     disconnected: int = 0
     accept_failed: Counter = field(default_factory=Counter)  # by errno name
-    refused: int = 0  # connections shut at once because the descriptor budget was spent
+    refused: int = 0  # handshakes refused because the descriptor budget was spent
     client_id_takeovers: int = 0  # a client id arrived from another connection than before
     handshake_failed: int = 0
     bursts: int = 0
@@ -201,9 +200,9 @@ class Server:
             self.router.setsockopt(zmq.HEARTBEAT_IVL, config.heartbeat_ms)
             self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * config.heartbeat_ms)
         self.router.setsockopt(zmq.HANDSHAKE_IVL, config.handshake_timeout_ms)
-        self.auth = None
+        allowed = None
         if config.curve_secret is not None:
-            self.auth = security.serve_curve(self.ctx, self.router, config.curve_secret, config.curve_allow)
+            allowed = security.curve_server(self.router, config.curve_secret, config.curve_allow)
         elif not security.is_loopback(config.bind):
             log.warning(
                 "binding %s, which is not loopback, without CURVE: any host that can reach it can "
@@ -211,6 +210,10 @@ class Server:
                 config.bind,
             )
         self._owner: dict[int, bytes] = {}  # client id -> routing id of its latest connection
+        # Every handshake asks the gatekeeper: a CURVE key off the allow-list, or a connection
+        # past the descriptor budget, is refused before it holds a descriptor for long.
+        self.gatekeeper = security.Gatekeeper(self.ctx, self._has_room, allowed)
+        self.router.zap_domain = b"msgprof"
         self.monitor = self.router.get_monitor_socket(_MONITOR_EVENTS)
         self.router.bind(config.bind)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -351,6 +354,7 @@ class Server:
             samples.extend(t_done - t for _i, _s, _h, t in replies)
 
     def _drain_monitor(self) -> None:
+        """Count connections from the socket monitor: the gatekeeper's budget depends on it."""
         counters = self.counters
         while True:
             try:
@@ -363,8 +367,6 @@ class Server:
                 counters.connections += 1
                 if counters.connections > counters.peak_connections:
                     counters.peak_connections = counters.connections
-                if counters.connections > self.max_connections:
-                    self._refuse(event["value"])
             elif kind == zmq.EVENT_DISCONNECTED:
                 counters.disconnected += 1
                 counters.connections = max(0, counters.connections - 1)
@@ -375,33 +377,23 @@ class Server:
                 counters.accept_failed[name] += 1
             else:
                 counters.handshake_failed += 1
+                self._note_refusals()
 
-    def _refuse(self, fd: int) -> None:
-        """Shut an accepted connection that is over the descriptor budget; libzmq then closes it.
+    def _has_room(self) -> bool:
+        """Whether one more connection fits the descriptor budget (asked by the gatekeeper)."""
+        return self.counters.connections <= self.max_connections
 
-        The client sees the connection drop and retries with its reconnect back-off. (The fd
-        comes from the monitor event; were it closed and reused before this runs, another
-        connection would be shut: rare, and only when the server is already over its budget.)
-        """
-        if not self.counters.refused:
+    def _note_refusals(self) -> None:
+        """Log the first refusal for lack of descriptors: the limit this server hit."""
+        if self.gatekeeper.refused_full and not self.counters.refused:
             log.warning(
                 "descriptor limit: more than %d connections (soft RLIMIT_NOFILE %d, %d kept for "
-                "queue files): refusing new connections while over the budget",
+                "queue files): refusing new connections at the handshake while over the budget",
                 self.max_connections,
                 self.nofile[0],
                 self.config.max_open_files,
             )
-        self.counters.refused += 1
-        try:
-            conn = socket.socket(fileno=fd)
-        except OSError:
-            return
-        try:
-            conn.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        finally:
-            conn.detach()  # the descriptor stays libzmq's to close
+        self.counters.refused = self.gatekeeper.refused_full
 
     def _write_snapshot(self) -> None:
         """Stats while running (`"final": false`), numbered so a reader can wait for its own."""
@@ -428,8 +420,7 @@ class Server:
             store_stats["close_error"] = f"{err.kind}: {err}"
         self.monitor.close(linger=0)
         self.router.close()
-        if self.auth is not None:
-            self.auth.stop()
+        self.gatekeeper.stop()
         self.ctx.term()
         stats = self.stats(store_stats, disk_bytes, fds_at_stop)
         stats["final"] = True
@@ -472,6 +463,7 @@ class Server:
             },
             "client_id_takeovers": c.client_id_takeovers,
             "curve": self.config.curve_secret is not None,
+            "refused_unknown_key": self.gatekeeper.refused_key,
             "bursts": c.bursts,
             "peak_burst": c.peak_burst,
             "service_ns": _quantiles(self._service_ns),
