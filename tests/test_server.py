@@ -200,3 +200,36 @@ def test_cli_bad_input_exits_2_with_one_line(capsys):
     assert info.value.code == 2
     assert "--data-dir is required" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("damage", ["flip_middle", "truncate_last", "delete_segment"])
+def test_server_starts_on_damaged_queues_and_reports_the_cut(tmp_path, zctx, damage):
+    from msgprof.store import QueueStore
+
+    root = tmp_path / "q"
+    with QueueStore(root, segment_bytes=1024) as store:
+        for seq in range(1, 41):
+            store.append(4, seq, b"p" * 64)
+            store.commit()
+    segments = sorted((root / "4").glob("*.seg"))
+    assert len(segments) >= 3
+    if damage == "flip_middle":
+        data = bytearray(segments[-1].read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        segments[-1].write_bytes(bytes(data))
+    elif damage == "truncate_last":
+        with open(segments[-1], "r+b") as f:
+            f.truncate(segments[-1].stat().st_size - 7)
+    else:
+        segments[1].unlink()
+    with running_server(root) as server:
+        kept = server.store.last_seq(4)
+        assert 0 < kept < 40 or damage == "delete_segment"
+        peer = Peer(zctx, server.endpoint)
+        peer.data(4, kept + 1, b"p" * 64)
+        assert peer.ack().status == Status.OK  # the client resumes right after what survived
+        peer.close()
+    stats = server.final_stats
+    assert stats["recovery_cuts"], "recovery must report what it cut"
+    seqs = [r.seq for r in QueueReader(root).records(4, after_seq=0)]
+    assert seqs == sorted(seqs) and seqs[-1] == kept + 1
