@@ -1,0 +1,227 @@
+"""Fuzzing the wire, the fast variant of benchmarks/fuzz_wire.py.
+
+The fuzzer's oracle (its own reading of docs/protocol.md) must agree with msgprof.protocol; a
+live server must count and answer whatever frames hypothesis draws as the oracle says and keep
+serving a legitimate client; raw byte streams must reach the server exactly as the fuzzer's
+ZMTP/1.0 decoding predicts; and a small fuzzing run (5,000+ malformed messages, raw
+connections, legitimate clients before, during and after) must pass every check of the full one.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from msgprof import protocol, security
+from msgprof.protocol import Rejected, Status, Unanswerable
+
+from conftest import Peer, running_server
+
+
+def _load_fuzz_wire():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz_wire.py"
+    spec = importlib.util.spec_from_file_location("fuzz_wire", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["fuzz_wire"] = module  # dataclasses look their module up while being made
+    spec.loader.exec_module(module)
+    return module
+
+
+fw = _load_fuzz_wire()
+MAX_PAYLOAD = 100
+LEGIT_ID = 1
+
+
+def _pack(fields: tuple) -> bytes:
+    return fw.HEADER.pack(*fields)
+
+
+_headers = st.tuples(
+    st.sampled_from([b"MP", b"MP", b"MP", b"PM", b"\0\0"]),
+    st.sampled_from([1, 1, 1, 0, 2, 255]),
+    st.sampled_from([1, 1, 1, 0, 2, 3, 255]),
+    st.sampled_from([0, 0, 0, 1, 255]),
+    st.sampled_from([0, 0, 0, 1, 128]),
+    st.sampled_from([0, 0, 0, 1, 65535]),
+    st.sampled_from([2, 3, 2**31 - 1, 0, 2**31, 2**32 - 1]) | st.integers(0, 2**32 - 1),
+    st.sampled_from([0, 1, 2, 3, 2**64 - 1]) | st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+).map(_pack)
+#: A first frame: a header as drawn, cut or lengthened, or bytes of any kind.
+_first_frames = st.one_of(
+    _headers,
+    st.tuples(_headers, st.integers(-28, 8)).map(
+        lambda t: t[0][: t[1]] if t[1] < 0 else t[0] + b"!" * t[1]
+    ),
+    st.binary(max_size=40),
+)
+FRAMES = st.tuples(
+    _first_frames,
+    st.lists(st.binary(max_size=MAX_PAYLOAD + 1) | st.just(b"x" * (MAX_PAYLOAD + 50)), max_size=3),
+).map(lambda t: [t[0], *t[1]])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(frames=FRAMES)
+def test_fuzzer_oracle_agrees_with_the_protocol_module(frames):
+    try:
+        protocol.validate_request(frames, MAX_PAYLOAD)
+        kind, status = "valid", None
+    except Unanswerable as err:
+        kind, status = err.kind, None
+    except Rejected as err:
+        kind, status = err.kind, err.status
+    assert fw.classify(frames, MAX_PAYLOAD)[0] == kind
+    assert fw.ANSWERED.get(kind) == status
+
+
+def test_server_counts_and_answers_hypothesis_frames_and_keeps_serving(tmp_path, zctx):
+    model = fw.SequenceModel()
+    tally = fw.Tally()
+    legit_seq = 0
+    probe = _pack((b"MP", 1, 7, 0, 0, 0, 5, 1, 0))  # bad_type: always answered, closes each example
+    with running_server(tmp_path / "q", max_payload_bytes=MAX_PAYLOAD) as server:
+        fuzz = Peer(zctx, server.endpoint)
+        legit = Peer(zctx, server.endpoint)
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(frames=FRAMES)
+        def check(frames):
+            nonlocal legit_seq
+            kind, echo = fw.classify(frames, MAX_PAYLOAD)
+            assume(kind != "valid" or echo[0] != LEGIT_ID)
+            status = fw.ANSWERED.get(kind)
+            if kind == "valid":
+                kind, status = model.decide(echo[0], echo[1], connection=0)
+            fuzz.send(*frames)
+            fuzz.send(probe)
+            tally.add(kind, status)
+            tally.add("bad_type", fw.MALFORMED)
+            replies = [
+                fuzz.sock.recv_multipart()
+                for _ in range(1 + (status is not None))
+                if fuzz.sock.poll(5000)
+            ]
+            expected = [fw.ack_bytes(status, echo)] if status is not None else []
+            assert replies == [[b] for b in [*expected, fw.ack_bytes(fw.MALFORMED, (5, 1, 0))]]
+            legit_seq += 1
+            legit.data(LEGIT_ID, legit_seq)
+            ack = legit.ack()
+            assert (ack.status, ack.seq) == (Status.OK, legit_seq)
+
+        check()
+        fuzz.close()
+        legit.close()
+    stats = server.final_stats
+    assert legit_seq >= 100  # hypothesis ran that many examples at least
+    assert stats["rejected"] == dict(+tally.rejected)
+    assert stats["unanswered"] == tally.unanswered
+    assert stats["replies"] == dict(+(tally.replies + Counter(OK=legit_seq)))
+    assert stats["stored"] == legit_seq + sum(model.last.values())
+
+
+def _raw_stream(data: bytes) -> bytes:
+    """Bytes libzmq takes for unversioned ZMTP/1.0 (first byte not 0xFF)."""
+    return bytes([data[0] % 0xFF]) + data[1:]
+
+
+_stream_parts = st.one_of(
+    st.binary(min_size=1, max_size=300).map(_raw_stream),
+    st.lists(FRAMES, min_size=1, max_size=4).map(
+        lambda messages: fw.zmtp1_frame(b"", more=False) + fw.framed(messages, fw.zmtp1_frame)
+    ),
+)
+
+
+def test_raw_bytes_reach_the_server_as_the_zmtp1_decoding_predicts(tmp_path):
+    """Whatever the probe finds (libzmq refuses ZMTP/1.0 when ZAP is on), the counts follow it."""
+    tally = fw.Tally()
+    endings = Counter()
+    with running_server(tmp_path / "q", max_payload_bytes=MAX_PAYLOAD) as server:
+        host, port = server.endpoint.removeprefix("tcp://").rsplit(":", 1)
+        accepted = fw.probe_zmtp1((host, int(port)))
+        if accepted:
+            tally.add("bad_type", fw.MALFORMED)
+
+        @settings(max_examples=60, deadline=None)
+        @given(stream=_stream_parts)
+        def check(stream):
+            delivered = fw.zmtp1_delivered(stream) if accepted else []
+            assume(all(fw.classify(m, MAX_PAYLOAD)[0] != "valid" for m in delivered))
+            endings[fw.raw_exchange((host, int(port)), False, stream)] += 1
+            for frames in delivered:
+                tally.add(*fw.outcome_of(frames, MAX_PAYLOAD))
+
+        check()
+        deadline = time.monotonic() + 10
+        while server.counters.received < tally.messages and time.monotonic() < deadline:
+            time.sleep(0.01)
+    stats = server.final_stats
+    assert sum(endings.values()) >= 30
+    assert set(endings) <= {"closed", "reset", "reset_while_sending"}, endings
+    assert stats["received"] == tally.messages
+    assert stats["rejected"] == dict(+tally.rejected)
+    assert stats["unanswered"] == tally.unanswered
+    assert stats["stored"] == 0
+
+
+def test_with_curve_raw_bytes_deliver_nothing(tmp_path):
+    """With CURVE on, neither ZMTP/1.0 framing nor other raw bytes reach the server."""
+    _public, secret = security.keygen(tmp_path / "server", "server")
+    client_public, _secret = security.keygen(tmp_path / "clients", "client")
+    (tmp_path / "allow").mkdir()
+    (tmp_path / "allow" / "client.key").write_bytes(client_public.read_bytes())
+    stored_without_curve = fw.zmtp1_frame(b"", more=False) + fw.framed(
+        [[protocol.encode_data(5, 1, 0), b"p"]], fw.zmtp1_frame
+    )
+    streams = [stored_without_curve, b"GET / HTTP/1.1\r\n" + b"x" * 300, fw.GREETING + b"junk"]
+    with running_server(
+        tmp_path / "q", curve_secret=secret, curve_allow=tmp_path / "allow"
+    ) as server:
+        host, port = server.endpoint.removeprefix("tcp://").rsplit(":", 1)
+        for stream in streams:
+            fw.raw_exchange((host, int(port)), False, stream)
+    stats = server.final_stats
+    assert stats["received"] == 0 and stats["stored"] == 0
+    assert stats["connections"]["accepted"] == len(streams)
+
+
+def test_zmtp1_decoding_of_a_hand_framed_stream():
+    header = protocol.encode_header(7, 9, 1)
+    stream = fw.zmtp1_frame(b"id", more=True) + fw.framed([[header, b"p"], [b""]], fw.zmtp1_frame)
+    assert fw.zmtp1_delivered(stream) == [[header, b"p"], [b""]]
+    assert fw.zmtp1_delivered(stream[:-1]) == [[header, b"p"]]  # a frame cut short is not delivered
+    assert fw.zmtp1_delivered(b"\x01\x00\x00" + stream) == []  # size 0: the peer is dropped
+    long_frame = fw.zmtp1_frame(b"y" * 300, more=False)
+    assert long_frame[:9] == b"\xff" + struct.pack("!Q", 301)
+    assert fw.zmtp1_delivered(fw.zmtp1_frame(b"", more=False) + long_frame) == [[b"y" * 300]]
+
+
+@pytest.mark.slow
+def test_small_fuzzing_run_passes_every_check(tmp_path):
+    config = fw.FuzzConfig(
+        messages=5000,
+        raw_connections=300,
+        legit_clients=5,
+        legit_messages=200,
+        time_limit_s=120,
+        seed=11,
+    )
+    report = fw.run_fuzz(config, tmp_path / "fuzz")
+    assert fw.check(report) == []
+    assert report["server_exit"] == 0
+    assert report["dealer"]["malformed"] >= 5000
+    assert report["verification"]["lost"] == 0
+    counted = report["server"]["rejected"]
+    assert all(counted.get(kind, 0) > 0 for kind in fw.KINDS if kind != "no_frames"), counted
+    assert report["raw"]["messages"] > 0  # raw bytes did reach the server as ZMTP/1.0 messages
+    table = fw.format_report(report, [])
+    assert "with fuzzer" in table and "checks: all passed" in table
