@@ -32,6 +32,8 @@ STORE_KINDS = ("file", "none")
 MAX_BURST = 1024
 #: How often the loop wakes with no traffic, to notice a stop request (ms).
 IDLE_POLL_MS = 100
+#: Messages queued per peer in each direction (closed-loop clients have one in flight).
+PEER_HWM = 1000
 #: Descriptors kept free beyond queue files, connections and the accept burst: logs, libzmq's own.
 FD_RESERVE = 64
 #: Service-time samples kept for quantiles (8 bytes each); later messages are counted only.
@@ -192,8 +194,12 @@ class Server:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.BACKLOG, config.backlog)
         self.router.setsockopt(zmq.LINGER, 1000)
-        self.router.setsockopt(zmq.RCVHWM, 0)
-        self.router.setsockopt(zmq.SNDHWM, 0)
+        # Bounded memory per peer: a peer that floods or never reads its acks is held back by
+        # TCP (RCVHWM) or loses acks it does not read (SNDHWM, counted); a frame far over the
+        # payload limit disconnects its peer instead of being read into memory first.
+        self.router.setsockopt(zmq.RCVHWM, PEER_HWM)
+        self.router.setsockopt(zmq.SNDHWM, PEER_HWM)
+        self.router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(config.max_payload_bytes))
         # Dead peers (no FIN ever comes) are dropped after missed heartbeats; a peer that
         # connects but never completes the ZMTP handshake is dropped after the handshake timeout.
         if config.heartbeat_ms:
@@ -473,6 +479,11 @@ class Server:
             "disk_bytes": disk_bytes,
             "recovery_cuts": [str(cut) for cut in self.store.recovery],
         }
+
+
+def max_frame_bytes(max_payload_bytes: int) -> int:
+    """Largest frame read at all: payloads up to here get TOO_LARGE, larger ones a disconnect."""
+    return max(2 * max_payload_bytes, max_payload_bytes + (64 << 10))
 
 
 def _quantiles(samples: array.array) -> dict[str, int]:
