@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -57,12 +56,10 @@ class Srun:
         monkeypatch.setenv("SLURMD_NODENAME", here)
         monkeypatch.setenv("SLURM_CPUS_PER_TASK", "2")  # of the step running msgprof point
         monkeypatch.setattr(launch.shutil, "which", lambda tool: f"/usr/bin/{tool}")
-        answers = {
-            ("scontrol", "show", "hostnames", "fake-list"): "\n".join(nodes) + "\n",
-            **{("scontrol", "show", "node", "-o", n): f"NodeName={n} NodeAddr=127.0.0.1 State=IDLE"
-               for n in nodes},  # fmt: skip
-            ("scontrol", "show", "job", "-o", "42"): "JobId=42 TimeLimit=00:20:00 OverSubscribe=NO",
-        }
+        answers = {("scontrol", "show", "node", "-o", n): f"NodeName={n} NodeAddr=127.0.0.1"
+                   for n in nodes}  # fmt: skip
+        answers[("scontrol", "show", "hostnames", "fake-list")] = "\n".join(nodes) + "\n"
+        answers[("scontrol", "show", "job", "-o", "42")] = "JobId=42 TimeLimit=00:20:00"
         monkeypatch.setattr(launch, "_run", lambda argv: answers[tuple(argv)])
         launch._srun_placement.cache_clear()
 
@@ -96,7 +93,7 @@ def test_srun_outside_an_allocation_is_a_clear_error(monkeypatch, tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "msgprof", "point", "--clients", "1", "--messages", "1",
          "--launcher", "srun", "--out", str(tmp_path / "p")],
-        capture_output=True, text=True, env=env, timeout=60,
+        capture_output=True, text=True, env=env, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 2 and "needs a SLURM allocation" in done.stderr, done.stderr
     assert not (tmp_path / "p").exists()
@@ -111,12 +108,16 @@ def test_srun_puts_clients_on_the_other_nodes(monkeypatch):
     assert config.client_processes() == 8  # the CPUs of the client nodes
     argv = launch.client_argv(config, 1, 8, ["python", "-m", "msgprof", "client"])
     srun = argv[argv.index("srun") :]
-    assert srun[:8] == ["srun", "--nodes=1", "--ntasks=1", "--cpus-per-task=1", "--exclusive",
-                        "--nodelist=n3", "--job-name=msgprof-client-1", "--kill-on-bad-exit=1"]  # fmt: skip
+    assert srun[:8] == [
+        "srun", "--nodes=1", "--ntasks=1", "--cpus-per-task=1", "--exclusive",
+        "--nodelist=n3", "--job-name=msgprof-client-1", "--kill-on-bad-exit=1",
+    ]  # fmt: skip
     assert srun[-4:] == ["python", "-m", "msgprof", "client"]
     # The step that runs `msgprof point` must not pass its own CPUs or tasks on to the clients.
-    assert argv[: argv.index("srun")] == ["env", "-u", "SLURM_CPUS_PER_TASK", "-u",
-                                          "SLURM_JOB_CPUS_PER_NODE", "-u", "SLURM_JOB_NODELIST"]  # fmt: skip
+    assert argv[: argv.index("srun")] == [
+        "env", "-u", "SLURM_CPUS_PER_TASK", "-u", "SLURM_JOB_CPUS_PER_NODE",
+        "-u", "SLURM_JOB_NODELIST",
+    ]  # fmt: skip
     doc = launch.describe(config)
     assert doc["kind"] == "srun" and doc["co_located"] is False and doc["shared_clock"] is False
     assert [s["node"] for s in doc["client_steps"]] == ["n2", "n3"] * 4
@@ -144,7 +145,9 @@ def test_srun_refuses_to_serve_from_outside_the_allocation(monkeypatch):
 
 
 def _slurm(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run(
+        list(argv), capture_output=True, text=True, timeout=timeout, env=ENV, check=False
+    )
 
 
 def _idle_nodes() -> list[tuple[str, int]]:
@@ -173,7 +176,7 @@ def slurm_nodes() -> list[tuple[str, int]]:
 
 def _cancel(job_ids: list[str]) -> None:
     if job_ids:
-        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30)
+        subprocess.run(["scancel", *job_ids], capture_output=True, timeout=30, check=False)
 
 
 def _sbatch_wait(script: str, tmp_path: Path, *options: str, timeout: float = 300) -> str:
@@ -192,7 +195,9 @@ def _sbatch_wait(script: str, tmp_path: Path, *options: str, timeout: float = 30
         time.sleep(0.5)
     else:
         _cancel([job])
-        pytest.fail(f"job {job} still {state} after {timeout} s: {out.read_text() if out.exists() else ''}")
+        pytest.fail(
+            f"job {job} still {state} after {timeout} s: {out.read_text() if out.exists() else ''}"
+        )
     return out.read_text() if out.exists() else ""
 
 
@@ -219,13 +224,17 @@ def test_srun_launcher_runs_a_point_inside_an_allocation(slurm_nodes, tmp_path):
     assert server_stats["endpoint"].rsplit(":", 1)[0] == launcher["bind"].rsplit(":", 1)[0]
     for k in range(point["client_processes"]):
         first = (out / f"client-{k}.log").read_text().splitlines()[0]
-        assert re.fullmatch(rf"srun step {launcher['slurm']['job_id']}\.\d+ on node \S+", first), first
+        assert re.fullmatch(rf"srun step {launcher['slurm']['job_id']}\.\d+ on node \S+", first), (
+            first
+        )
 
 
 @pytest.mark.slurm
 def test_srun_launcher_puts_clients_on_another_node(slurm_nodes, tmp_path):
     if len(slurm_nodes) < 2:
-        pytest.skip("the test cluster has one idle node; MSGPROF_SLURM_NODES=2 slurm-up.sh makes two")
+        pytest.skip(
+            "the test cluster has one idle node; MSGPROF_SLURM_NODES=2 slurm-up.sh makes two"
+        )
     point, _text, out = _srun_point(tmp_path, nodes=2)
     launcher = point["launcher"]
     assert point["verdict"] == "ok" and point["acked"] == 6 * 20, point["verdict_detail"]
@@ -239,19 +248,21 @@ def test_srun_launcher_puts_clients_on_another_node(slurm_nodes, tmp_path):
 
 def _snakemake(workdir: Path, *args: str, timeout: float) -> tuple[int, str]:
     """Run snakemake; on timeout SIGTERM it (it cancels its SLURM jobs), then kill it."""
-    argv = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--directory", str(workdir), *args]
+    argv = [
+        str(BIN / "snakemake"),
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        *args,
+    ]
     log = workdir / "snakemake.out"
     with open(log, "w") as sink:
         proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=ENV)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            launch.terminate(proc, grace_s=60)
             _cancel(re.findall(r"submitted with SLURM jobid (\d+)", log.read_text()))
             code = -1
     return code, log.read_text()
@@ -274,7 +285,9 @@ def _keys(doc, prefix=""):
 @pytest.mark.slow
 def test_slurm_profile_runs_the_tiny_sweep_like_a_local_run(slurm_nodes, tmp_path):
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
-        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e '.[cluster]')")
+        pytest.skip(
+            "snakemake-executor-plugin-slurm is not installed (pip install -e '.[cluster]')"
+        )
     if max(cpus for _name, cpus in slurm_nodes) < 2:
         pytest.skip("the profile asks 2 CPUs per point; no idle node here has them")
     runs = {}
@@ -302,7 +315,9 @@ def test_slurm_profile_runs_the_tiny_sweep_like_a_local_run(slurm_nodes, tmp_pat
         elif name.endswith(".parquet"):
             assert pq.read_schema(slurm / name).names == pq.read_schema(local / name).names, name
         elif name.endswith(".csv"):
-            assert list(pd.read_csv(slurm / name).columns) == list(pd.read_csv(local / name).columns)
+            assert list(pd.read_csv(slurm / name).columns) == list(
+                pd.read_csv(local / name).columns
+            )
     points = pd.read_csv(slurm / "points.csv")
     assert set(points["verdict"]) == {"ok"} and len(points) == 2 + 4
 
@@ -317,6 +332,10 @@ def test_slurm_profile_runs_the_tiny_sweep_like_a_local_run(slurm_nodes, tmp_pat
         limits = json.loads((slurm / point / "limits.json").read_text())
         assert limits["cpu_affinity"] == 2
         clients, messages, rep = point.split("/")[1].split("-")
-        logs = list((runs["slurm"] / ".snakemake/slurm_logs/rule_point" / f"{clients}_{messages}_{rep}").glob("*.log"))
+        logs = list(
+            (
+                runs["slurm"] / ".snakemake/slurm_logs/rule_point" / f"{clients}_{messages}_{rep}"
+            ).glob("*.log")
+        )
         assert logs and logs[0].stat().st_size > 0
     assert list((runs["slurm"] / ".snakemake/slurm_logs/rule_master").glob("*.log"))

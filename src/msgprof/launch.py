@@ -1,4 +1,4 @@
-"""Where a point's client processes run: beside the server (`local`) or on other SLURM nodes (`srun`).
+"""Where a point's client processes run: beside the server (`local`) or on other nodes (`srun`).
 
 `local` starts every client process on this host and binds the server to loopback. `srun` is
 for a point run inside a SLURM allocation (the batch script of `sbatch`, or a step of it): the
@@ -249,18 +249,24 @@ def client_argv(config: LaunchSettings, k: int, processes: int, argv: list[str])
     ] + argv  # fmt: skip
 
 
+def terminate(proc: subprocess.Popen, grace_s: float) -> None:
+    """SIGTERM, up to `grace_s` seconds to exit, then SIGKILL; the process is reaped."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def stop(proc: subprocess.Popen, launcher: str) -> None:
     """End a client process that overran its deadline; srun gets SIGTERM first so that it
     ends its step (a killed srun leaves the step running until the job ends)."""
     if launcher == "srun":
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=SRUN_STOP_GRACE_S)
-            return
-        except subprocess.TimeoutExpired:
-            pass
-    proc.kill()
-    proc.wait()
+        terminate(proc, SRUN_STOP_GRACE_S)
+    else:
+        proc.kill()
+        proc.wait()
 
 
 def describe(config: LaunchSettings) -> dict[str, Any]:

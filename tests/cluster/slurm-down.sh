@@ -35,8 +35,11 @@ if ours slurmctld > /dev/null && [ "$(head -n1 "$conf" 2>/dev/null)" = "$marker"
   fi
 fi
 
-slurmds=$(cd "$state" && ls slurmd-*.pid 2>/dev/null | sed 's/\.pid$//')
-for name in $slurmds slurmctld munged; do
+slurmds=()
+for f in "$state"/slurmd-*.pid; do
+  [ -e "$f" ] && slurmds+=("$(basename "$f" .pid)")
+done
+for name in "${slurmds[@]}" slurmctld munged; do
   pid=$(ours "$name") || { rm -f "$state/$name.pid"; continue; }
   kill -TERM "$pid" 2>/dev/null
   for _ in $(seq 1 60); do

@@ -10,14 +10,14 @@
 # threads and memory are what `slurmd -C` reads from the machine. select/cons_tres, no accounting
 # (so Snakemake's slurm executor must use `squeue` for job status, which MinJobAge=300 makes
 # reliable). The daemons started here are recorded in $MSGPROF_SLURM_STATE (default
-# /run/msgprof-slurm), and slurm-down.sh stops exactly those.
+# /run/msgprof-slurm), and slurm-down.sh stops exactly those. An existing /etc/slurm/slurm.conf
+# is kept aside there and put back by slurm-down.sh. Running this again while the cluster it
+# started is up only waits for the nodes.
 #
 # MSGPROF_SLURM_NODES=N (default 1) emulates N nodes on this host: one slurmd per node, named
 # HOST1..HOSTN, each on its own port with an equal share of the CPUs and memory, all at
 # 127.0.0.1. That is how `msgprof point --launcher srun` is tested with its clients on a node
-# other than the server's (the network path is loopback; everything SLURM does is real). An existing /etc/slurm/slurm.conf
-# is kept aside there and put back by slurm-down.sh. Running it again while the cluster it
-# started is up only waits for the node.
+# other than the server's (the network path is loopback; everything SLURM does is real).
 set -euo pipefail
 
 state=${MSGPROF_SLURM_STATE:-/run/msgprof-slurm}
@@ -52,8 +52,7 @@ wait_idle() {  # wait until every node is idle; resume them once if slurm marked
           resumed=1
         fi ;;
     esac
-    for d in "$state"/*.pid; do
-      d=$(basename "$d" .pid)
+    for d in "${daemons[@]}"; do
       alive "$d" || { say "$d exited; its output:"; tail -n 30 "$state/$d.out" >&2 || true; return 1; }
     done
     sleep 0.5
@@ -71,6 +70,8 @@ else
   for i in $(seq 1 "$count"); do names+=("$host$i"); done
 fi
 nodes=$(IFS=,; echo "${names[*]}")
+daemons=(slurmctld)  # names of the pid files in $state this script writes (and munged, if it starts it)
+for i in "${!names[@]}"; do daemons+=("slurmd-$((i + 1))"); done
 
 # 1. Packages (no recommends). Keep package scripts from starting services (policy-rc.d: 101),
 #    so nothing runs that this script did not start.
@@ -103,15 +104,17 @@ if alive slurmctld && [ "$(head -n1 "$conf" 2>/dev/null)" = "$marker" ]; then
   wait_idle || exit 1
   exit 0
 fi
+if compgen -G "$state/*.pid" > /dev/null; then  # a cluster half up: stop what is left of it
+  "$here/slurm-down.sh" || true
+fi
 for d in slurmctld slurmd; do
   if pgrep -x "$d" > /dev/null; then
     die "a $d not started by this script is running (pid $(pgrep -x "$d" | tr '\n' ' ')); stop it first"
   fi
 done
 
-mkdir -p "$state"
+mkdir -p "$state/daemon"
 chmod 755 "$state"
-rm -f "$state"/*.pid
 echo "$count" > "$state/nodes"
 
 # 3. Configuration for this host.
@@ -119,7 +122,7 @@ hw=$(slurmd -C | head -n1)
 field() { sed -n "s/.*[[:space:]]$1=\([0-9]*\).*/\1/p" <<< "$hw"; }
 cpus=$(field CPUs); boards=$(field Boards); sockets=$(field SocketsPerBoard)
 cores=$(field CoresPerSocket); threads=$(field ThreadsPerCore); mem=$(field RealMemory)
-[ -n "$cpus" ] && [ -n "$mem" ] || die "could not read the hardware from 'slurmd -C': $hw"
+if [ -z "$cpus" ] || [ -z "$mem" ]; then die "could not read the hardware from 'slurmd -C': $hw"; fi
 if [ "$count" -eq 1 ]; then
   geometry="CPUs=$cpus Boards=${boards:-1} SocketsPerBoard=${sockets:-1} CoresPerSocket=${cores:-$cpus} ThreadsPerCore=${threads:-1}"
 else  # an equal share of the machine per emulated node
@@ -149,8 +152,8 @@ SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$state/ctld
 SlurmdSpoolDir=$state/d/%n
-SlurmctldPidFile=$state/slurmctld.daemon.pid
-SlurmdPidFile=$state/slurmd.%n.daemon.pid
+SlurmctldPidFile=$state/daemon/slurmctld.pid
+SlurmdPidFile=$state/daemon/slurmd.%n.pid
 SlurmctldLogFile=$state/slurmctld.log
 SlurmdLogFile=$state/slurmd.%n.log
 # No cgroups: processes tracked by parentage, tasks pinned with sched_setaffinity, so inside a
@@ -192,6 +195,7 @@ if timeout 10 munge -n 2>/dev/null | timeout 10 unmunge > /dev/null 2>&1; then
   say "munged already running: using it (slurm-down.sh leaves it alone)"
 else
   install -d -o munge -g munge -m 755 /run/munge
+  daemons+=(munged)
   start munged setpriv --reuid=munge --regid=munge --init-groups /usr/sbin/munged -F
   deadline=$(( $(date +%s) + 20 ))
   until timeout 10 munge -n 2>/dev/null | timeout 10 unmunge > /dev/null 2>&1; do
