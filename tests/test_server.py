@@ -159,7 +159,7 @@ def test_frames_far_over_the_limit_disconnect_and_unread_acks_are_bounded(tmp_pa
         greedy.close(linger=0)
     stats = server.final_stats
     assert stats["stored"] == 1
-    assert stats["rejected"]["frame_count"] == 20 * PEER_HWM  # every request counted
+    assert stats["rejected"]["frame_count"] > PEER_HWM  # more requests than acks it may queue
 
 
 def test_restart_recovers_last_seq(tmp_path, zctx):
