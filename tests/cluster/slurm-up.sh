@@ -12,7 +12,8 @@
 # reliable). The daemons started here are recorded in $MSGPROF_SLURM_STATE (default
 # /run/msgprof-slurm), and slurm-down.sh stops exactly those. An existing /etc/slurm/slurm.conf
 # is kept aside there and put back by slurm-down.sh. Running this again while the cluster it
-# started is up only waits for the nodes.
+# started is up only waits for the nodes. Exit status: 0 up, 3 SLURM cannot be installed here
+# (no apt-get, or the install failed), 1 anything else.
 #
 # MSGPROF_SLURM_NODES=N (default 1) emulates N nodes on this host: one slurmd per node, named
 # HOST1..HOSTN, each on its own port with an equal share of the CPUs and memory, all at
@@ -80,6 +81,7 @@ for pkg in slurmctld slurmd slurm-client munge; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if [ "${#need[@]}" -gt 0 ]; then
+  command -v apt-get > /dev/null || { say "no apt-get to install ${need[*]} with"; exit 3; }
   say "installing ${need[*]}"
   policy=/usr/sbin/policy-rc.d
   own_policy=0
@@ -93,7 +95,7 @@ if [ "${#need[@]}" -gt 0 ]; then
   ok=1
   apt_install || { timeout 600 apt-get update -qq > /dev/null 2>&1 || true; apt_install; } || ok=0
   [ "$own_policy" -eq 0 ] || rm -f "$policy"
-  [ "$ok" -eq 1 ] || { tail -n 20 /tmp/msgprof-slurm-apt.log >&2; die "apt-get install failed"; }
+  [ "$ok" -eq 1 ] || { tail -n 20 /tmp/msgprof-slurm-apt.log >&2; say "apt-get install failed"; exit 3; }
 fi
 
 # 2. Already up (started by this script earlier)?
