@@ -141,6 +141,7 @@ fi
 touch "$state/slurmctld.log"
 chown slurm:slurm "$state/ctld" "$state/slurmctld.log"
 tmp=$(mktemp "$conf.XXXXXX")
+trap 'rm -f "$tmp"' EXIT
 cat > "$tmp" <<EOF
 $marker
 # Written $(date -u +%Y-%m-%dT%H:%M:%SZ); slurm-down.sh removes it.
@@ -183,6 +184,7 @@ PartitionName=main Nodes=$nodes Default=YES MaxTime=INFINITE State=UP
 EOF
 chmod 644 "$tmp"
 mv "$tmp" "$conf"
+trap - EXIT
 say "wrote $conf: node(s) $nodes; this host has $cpus CPUs, $(field RealMemory) MB"
 
 # 4. Daemons, each in the foreground of its own session; their pids go to $state.
