@@ -49,14 +49,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from msgprof.point import ChildProcesses, PointConfig, server_argv, wait_ready
+from msgprof.point import ChildProcesses, PointConfig, ServerRun, server_argv, wait_ready
 from msgprof.store import QueueReader
 from msgprof.verify import STORED_STATUSES, verify_queues
 
 MODES = ("write", "fsync", "buffer")
 #: Bounds on every wait, in seconds.
 SERVER_READY_S = 30.0
-SERVER_STOP_S = 30.0
 KILL_WAIT_S = 10.0
 CLIENT_START_S = 30.0
 CLIENT_STOP_S = 60.0
@@ -133,27 +132,20 @@ class ModeResult:
         return out
 
 
-class CrashServer:
-    """A `msgprof server` child that can be killed and restarted on the same endpoint."""
+class CrashServer(ServerRun):
+    """A point's server (stopped with SIGTERM like one) that can also be killed and restarted
+    on the same endpoint; each start logs to its own server-N.log. No resource monitor."""
 
     def __init__(self, settings: Settings, data_dir: Path, work: Path, procs: ChildProcesses):
-        self.config = PointConfig(
+        config = PointConfig(
             clients=settings.clients,
             messages=settings.messages,
             ack_after=settings.mode,
             flush_interval_ms=settings.flush_interval_ms,
         )
-        self.data_dir = data_dir
-        self.work = work
-        self.procs = procs
-        self.process: subprocess.Popen | None = None
-        self.endpoint: str | None = None
+        super().__init__(config, data_dir, work, work / "server-1.log", procs)
         self.starts = 0
         self.t_ready_ns = 0
-
-    @property
-    def log_path(self) -> Path:
-        return self.work / f"server-{self.starts}.log"
 
     def start(self) -> str:
         """Start on a free port the first time, on the same endpoint after; return it."""
@@ -162,6 +154,7 @@ class CrashServer:
             ready = self.work / "ready"
             ready.unlink(missing_ok=True)
             self.starts += 1
+            self.log_path = self.work / f"server-{self.starts}.log"
             argv = server_argv(self.config, self.data_dir, self.work) + ["--bind", bind]
             self.process = self.procs.start(f"server-{self.starts}", argv, self.log_path)
             endpoint = wait_ready(ready, self.process, SERVER_READY_S)
@@ -187,18 +180,6 @@ class CrashServer:
     def recovery_findings(self) -> int:
         """Recovery findings the running server logged at open (torn tails cut and the like)."""
         return len(re.findall(r"recovery: ", self.log_path.read_text(errors="replace")))
-
-    def stop(self, problems: list[str]) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            if self.process.wait(timeout=SERVER_STOP_S) != 0:
-                problems.append("server_failed")
-        except subprocess.TimeoutExpired:
-            problems.append("server_hung")
-            self.process.kill()
-            self.process.wait()
 
 
 class ClientRun:
@@ -239,10 +220,10 @@ class ClientRun:
 
     def stop(self, problems: list[str]) -> None:
         """SIGTERM every client process still running (each then writes its records), wait."""
-        for proc, _out, _ids in self.runs[self.stopped:]:
+        for proc, _out, _ids in self.runs[self.stopped :]:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for proc, out, _ids in self.runs[self.stopped:]:
+        for proc, out, _ids in self.runs[self.stopped :]:
             try:
                 code = proc.wait(timeout=CLIENT_STOP_S)
             except subprocess.TimeoutExpired:
@@ -278,13 +259,18 @@ def rate_before(rtt: pa.Table, ids: tuple[int, int], t_kill: int) -> float:
     """Acknowledgements per second of clients `ids` before `t_kill`, over RATE_WINDOW_S or
     from their first send if that is later (a rate, not diluted by the start)."""
     stored, at = _acked_at(rtt)
-    mine = pc.and_(pc.greater_equal(rtt["client_id"], ids[0]), pc.less_equal(rtt["client_id"], ids[1]))
+    mine = pc.and_(
+        pc.greater_equal(rtt["client_id"], ids[0]), pc.less_equal(rtt["client_id"], ids[1])
+    )
     first_send = pc.min(pc.filter(rtt["t_send_ns"], mine)).as_py()
     if first_send is None or first_send >= t_kill:
         return 0.0
     lo = max(t_kill - int(RATE_WINDOW_S * 1e9), first_send)
     mask = pc.and_(
-        pc.and_(pc.greater_equal(stored["client_id"], ids[0]), pc.less_equal(stored["client_id"], ids[1])),
+        pc.and_(
+            pc.greater_equal(stored["client_id"], ids[0]),
+            pc.less_equal(stored["client_id"], ids[1]),
+        ),
         pc.and_(pc.greater(at, lo), pc.less_equal(at, t_kill)),
     )
     return (pc.sum(mask.cast(pa.int64())).as_py() or 0) / ((t_kill - lo) / 1e9)
@@ -395,7 +381,9 @@ def run_mode(settings: Settings, root: Path, progress=print) -> ModeResult:
     if rtt is not None:
         _stored, at = _acked_at(rtt)
         for kill in result.kills:
-            inside = pc.and_(pc.greater_equal(at, kill.t_ready_ns), pc.less_equal(at, kill.t_kill_ns))
+            inside = pc.and_(
+                pc.greater_equal(at, kill.t_ready_ns), pc.less_equal(at, kill.t_kill_ns)
+            )
             kill.acks_in_life = pc.sum(inside.cast(pa.int64())).as_py() or 0
     if per_cycle_clients and rtt is not None:
         for kill in result.kills:
@@ -511,8 +499,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-on-s", type=float, default=1.0,
                         help="seconds the clients run on after the last (buffer: each) restart")  # fmt: skip
     parser.add_argument("--payload-bytes", type=int, default=64, help="bytes per payload")
-    parser.add_argument("--flush-interval-ms", type=float, default=10.0, help="buffer mode flush interval")
-    parser.add_argument("--keep", type=Path, default=None, help="work in this new directory and keep it")
+    parser.add_argument(
+        "--flush-interval-ms", type=float, default=10.0, help="buffer mode flush interval"
+    )
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="work in this new directory and keep it"
+    )
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -527,7 +519,9 @@ def main(argv: list[str] | None = None) -> int:
                                 messages=args.messages, seed=args.seed,
                                 payload_bytes=args.payload_bytes, run_on_s=args.run_on_s,
                                 flush_interval_ms=args.flush_interval_ms)  # fmt: skip
-            results.append(run_mode(settings, root, progress=lambda line: print(line, file=sys.stderr)))
+            results.append(
+                run_mode(settings, root, progress=lambda line: print(line, file=sys.stderr))
+            )
     print(summary_table(results, args.markdown))
     status = 0
     for r in results:

@@ -8,6 +8,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -55,7 +56,7 @@ class EchoServer:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> EchoServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -425,7 +426,7 @@ class RestartingServer:
         self._bound = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
-    def __enter__(self) -> RestartingServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         assert self._bound.wait(5)
         return self

@@ -70,5 +70,8 @@ def test_buffer_loss_bounded_by_flush_interval(tmp_path: Path) -> None:
     # the others finish.
     errors = result.errors()
     assert set(errors) <= {"OUT_OF_ORDER", "TIMEOUT", "not_sent"}
-    assert errors.get("OUT_OF_ORDER", 0) + errors.get("TIMEOUT", 0) <= settings.clients * settings.cycles
+    assert (
+        errors.get("OUT_OF_ORDER", 0) + errors.get("TIMEOUT", 0)
+        <= settings.clients * settings.cycles
+    )
     assert all(doc["stopped"] or doc["errors"]["OUT_OF_ORDER"] for doc in result.client_docs)
