@@ -124,3 +124,14 @@ def test_parse_steps_and_plan():
     plan = step_plan([(2, 5), (3, 5)])
     assert [(p["phase"], p["first_client_id"]) for p in plan] == [
         ("ramp_up", 1), ("ramp_up", 3), ("ramp_down", 6), ("ramp_down", 9)]  # fmt: skip
+
+
+def test_point_with_curve_encrypts_and_authenticates(tmp_path):
+    out = tmp_path / "point"
+    done = msgprof("point", "--clients", "10", "--messages", "20", "--curve", "--strict", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    point = json.loads((out / "point.json").read_text())
+    assert point["verdict"] == "ok" and point["acked"] == 200
+    assert point["parameters"]["curve"] is True
+    assert json.loads((out / "server.json").read_text())["curve"] is True
+    assert not list(out.rglob("*.key_secret"))  # the run's secret keys do not outlive it

@@ -110,3 +110,14 @@ def test_second_run_does_nothing_and_a_deleted_point_is_redone_alone(tiny_run):
     assert jobs == {"point", "analysis", "manifest", "profiling_pdf", "all"}, jobs
     assert len(re.findall(r"^(?:local)?rule point:", text, flags=re.MULTILINE)) == 1
     assert "wildcards: clients=3, messages=4, rep=1" in text
+
+
+def test_curve_sweep_plans_a_curve_twin_of_every_point(tmp_path):
+    (tmp_path / "config").mkdir()
+    config = dict(TINY, sweep=dict(TINY["sweep"], clients=[3], curve=[False, True]))
+    (tmp_path / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    dry = snakemake(tmp_path, "-n", "-p")
+    assert dry.returncode == 0, dry.stderr
+    text = dry.stdout + dry.stderr
+    assert "--out results/tiny/points/3-4-1 " in text
+    assert "--curve --out results/tiny/points/3-4-1-curve " in text

@@ -44,6 +44,7 @@ KEY_COLUMNS = [
     "rep",
     "payload_bytes",
     "ack_after",
+    "curve",
 ]
 
 #: analysis.csv: one row per client per point or step.
@@ -100,7 +101,7 @@ POINT_COLUMNS = KEY_COLUMNS + [
 #: Quantiles of the raw RTT samples in points.csv (column suffix → q).
 RTT_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999, "max": 1.0}
 
-_SWEEP_NAME = re.compile(r"^(?P<clients>\d+)-(?P<messages>\d+)-(?P<rep>\d+)$")
+_SWEEP_NAME = re.compile(r"^(?P<clients>\d+)-(?P<messages>\d+)-(?P<rep>\d+)(?P<curve>-curve)?$")
 _STEP_NAME = re.compile(r"^(?P<step>\d+)-(?P<phase>[a-z_]+)-(?P<clients>\d+)x(?P<messages>\d+)$")
 _MIB = float(1 << 20)
 
@@ -158,6 +159,7 @@ def point_keys(run: str, group: str, path: Path, doc: dict[str, Any]) -> dict[st
         "rep": doc.get("rep", names.get("rep")),
         "payload_bytes": params.get("payload_bytes"),
         "ack_after": params.get("ack_after"),
+        "curve": bool(params.get("curve", False)),
     }
 
 

@@ -156,6 +156,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="exit 1 unless the verdict is ok (by default a run that hits a limit is a result, exit 0)",
     )
+    p.add_argument(
+        "--curve",
+        action="store_true",
+        help="encrypt and authenticate with CURVE: fresh keys for the server and the clients of "
+        "this run (to measure what security costs)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output directory (created)")
     # Cluster placement (msgprof.launch, docs/cluster.md).
     p.add_argument(
@@ -308,6 +314,16 @@ def _build_parser() -> argparse.ArgumentParser:
         "(OK or DUPLICATE) or --deadline-s passes; for crash-recovery runs. Default: a timeout "
         "stops the client",
     )
+    cli.add_argument(
+        "--curve-secret",
+        type=Path,
+        help="turn CURVE on: this client's secret certificate (NAME.key_secret from msgprof keygen)",
+    )
+    cli.add_argument(
+        "--curve-server-key",
+        type=Path,
+        help="the server's public certificate (NAME.key) the clients trust",
+    )
     cli.add_argument("--out", type=Path, required=True, help="output directory (created)")
 
     pnt = sub.add_parser(
@@ -410,6 +426,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
         event_loop=args.event_loop,
         max_sockets=args.max_sockets,
         resend=args.resend,
+        curve_secret=args.curve_secret,
+        curve_server_key=args.curve_server_key,
     )
     log = logging.getLogger("msgprof.client")
     stop = threading.Event()
@@ -446,6 +464,7 @@ def _run_config(args: argparse.Namespace, **fields):
         rlimit_nofile=args.rlimit_nofile,
         launcher=args.launcher,
         bind=args.bind,
+        curve=args.curve,
         **fields,
     )
 

@@ -92,6 +92,7 @@ import zmq
 
 from msgprof import atomic, limits
 from msgprof.payload import payload_for
+from msgprof.security import CurveClientKeys
 from msgprof.protocol import MAX_CLIENT_ID, Status, decode_ack, encode_data
 
 # Status codes of a row: the protocol's statuses keep their wire values; the client adds three.
@@ -182,8 +183,14 @@ class ClientConfig:
     #: Resend mode: a lost connection or a missing reply does not stop a client; the message in
     #: flight is sent again (same seq) on reconnect and on timeout, until settled or the deadline.
     resend: bool = False
+    #: CURVE: this client's secret certificate and the server's public certificate (both or
+    #: neither). All clients of the process use the one key pair.
+    curve_secret: Path | None = None
+    curve_server_key: Path | None = None
 
     def __post_init__(self) -> None:
+        if (self.curve_secret is None) != (self.curve_server_key is None):
+            raise ValueError("CURVE needs both --curve-secret and --curve-server-key")
         ids = tuple(int(i) for i in self.client_ids)
         object.__setattr__(self, "client_ids", ids)
         if not ids:
@@ -462,6 +469,11 @@ class _Loop:
         self.waiter = _make_waiter(config.event_loop)
         self.n = n
         self.ids = list(config.client_ids)
+        self.curve = (
+            CurveClientKeys.load(config.curve_secret, config.curve_server_key)
+            if config.curve_secret is not None
+            else None
+        )
         self.timeout_ns = int(config.timeout_s * 1e9)
         self.connect_timeout_ns = int(config.connect_timeout_s * 1e9)
         self.socks: list[zmq.Socket | None] = [None] * n
@@ -553,6 +565,8 @@ class _Loop:
         sock.setsockopt(zmq.RCVHWM, HWM)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        if self.curve is not None:
+            self.curve.apply(sock)
         events = zmq.EVENT_HANDSHAKE_SUCCEEDED
         if self.resend_mode:
             events |= zmq.EVENT_DISCONNECTED
@@ -1075,6 +1089,7 @@ def _write_outputs(
         "deadline_hit": loop.deadline_hit,
         "stopped": loop.stopped,
         "resend": config.resend,
+        "curve": config.curve_secret is not None,
         "resends": int(sum(loop.resends)),
         "reconnects": loop.reconnects,
         "disconnects": loop.disconnects,

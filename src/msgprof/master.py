@@ -28,6 +28,7 @@ from msgprof.point import (
     ServerRun,
     fresh_dirs,
     run_load,
+    with_keys,
     write_point,
 )
 from msgprof.verify import verify_queues
@@ -106,6 +107,7 @@ def run_master(base: PointConfig, steps: list[tuple[int, int]], out_dir: Path) -
     """Run the ramp against one server; write a directory per step and master.json."""
     out_dir = Path(out_dir)
     work, data_dir = fresh_dirs(base, out_dir)
+    base = with_keys(base, work)
     plan = step_plan(steps)
     started = time.time()
     limits = sysinfo.limits(data_dir)

@@ -275,10 +275,16 @@ def _sweep_or_all(points: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return points, "master steps (the run has no sweep)"
 
 
-def _by_messages(points: pd.DataFrame) -> Iterator[tuple[int, Any, Any, pd.DataFrame]]:
-    for k, (messages, frame) in enumerate(points.groupby("messages", sort=True)):
+def _by_messages(points: pd.DataFrame) -> Iterator[tuple[str, Any, Any, pd.DataFrame]]:
+    """One series per messages value (and per CURVE on/off when the run has both):
+    (label, marker, line style, points sorted by clients)."""
+    curve = points["curve"].fillna(False).astype(bool) if "curve" in points else None
+    keys = ["messages"] if curve is None or not curve.any() else ["messages", curve.rename("on")]
+    for k, (key, frame) in enumerate(points.groupby(keys, sort=True)):
+        key = key if isinstance(key, tuple) else (key,)
+        label = f"{key[0]} messages/client" + (", CURVE" if len(key) > 1 and key[1] else "")
         marker, style = MESSAGES_STYLE[k % len(MESSAGES_STYLE)]
-        yield messages, marker, style, frame.sort_values("clients")
+        yield label, marker, style, frame.sort_values("clients")
 
 
 def _series(
@@ -302,9 +308,9 @@ def _series(
 def _messages_legend(points: pd.DataFrame) -> list[Line2D]:
     handles = [
         Line2D(
-            [], [], color="0.3", marker=marker, linestyle=style, label=f"{messages} messages/client"
+            [], [], color="0.3", marker=marker, linestyle=style, label=label
         )
-        for messages, marker, style, _f in _by_messages(points)
+        for label, marker, style, _f in _by_messages(points)
     ]
     handles.append(
         Line2D(
@@ -391,7 +397,7 @@ def _throughput_page(report: Report, pdf: PdfPages) -> None:
     if page is None:
         return
     points, fig, (left, right) = page
-    for messages, marker, style, frame in _by_messages(points):
+    for _label, marker, style, frame in _by_messages(points):
         _series(left, frame, "throughput_msgs_per_s", "tab:blue", marker, style)
     left.set_title("throughput vs clients")
     left.set_xlabel("clients")
@@ -402,7 +408,7 @@ def _throughput_page(report: Report, pdf: PdfPages) -> None:
 
     predicted = points["clients"].astype(float) / points["throughput_msgs_per_s"] * 1e6
     measured = points["rtt_mean_us"]
-    for messages, marker, _style, frame in _by_messages(points.assign(predicted=predicted)):
+    for label, marker, _style, frame in _by_messages(points.assign(predicted=predicted)):
         right.scatter(
             frame["predicted"],
             frame["rtt_mean_us"],
@@ -411,7 +417,7 @@ def _throughput_page(report: Report, pdf: PdfPages) -> None:
             s=30,
             edgecolors="0.2",
             linewidths=0.5,
-            label=f"{messages} messages/client",
+            label=label,
             zorder=3,
         )
     both = pd.concat([predicted, measured]).replace([np.inf, -np.inf], np.nan).dropna()

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from msgprof import atomic, launch, sysinfo
+from msgprof import atomic, launch, security, sysinfo
 from msgprof.monitor import ResourceMonitor, resource_summary
 from msgprof.verify import verify_queues
 
@@ -62,6 +62,9 @@ class PointConfig:
     # Where the clients run and what the server binds: see msgprof.launch.
     launcher: str = "local"
     bind: str | None = None
+    #: CURVE on: keys are made for the run in keys_dir (set by the runner, not by the user).
+    curve: bool = False
+    keys_dir: Path | None = None
 
     def __post_init__(self) -> None:
         launch.check(self.launcher, self.bind)
@@ -326,6 +329,7 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     """Run the point, write its outputs to `out_dir`, return the point.json document."""
     out_dir = Path(out_dir)
     work, data_dir = fresh_dirs(config, out_dir)
+    config = with_keys(config, work)
     started = time.time()
     limits = sysinfo.limits(data_dir)
     atomic.write_json(out_dir / "limits.json", limits)
@@ -396,7 +400,22 @@ def server_argv(config: PointConfig, data_dir: Path, work: Path) -> list[str]:
     ]  # fmt: skip
     if config.rlimit_nofile is not None:
         argv += ["--rlimit-nofile", str(config.rlimit_nofile)]
+    if config.keys_dir is not None:
+        keys = config.keys_dir
+        argv += ["--curve-secret", str(keys / "server.key_secret"), "--curve-allow", str(keys / "allow")]
     return argv
+
+
+def with_keys(config: PointConfig, work: Path) -> PointConfig:
+    """For a CURVE run: a key pair for the server and one for its clients, made in work/keys."""
+    if not config.curve:
+        return config
+    keys = work / "keys"
+    security.keygen(keys, "server")
+    client_public, _secret = security.keygen(keys, "client")
+    (keys / "allow").mkdir()
+    shutil.copy(client_public, keys / "allow" / client_public.name)
+    return replace(config, keys_dir=keys)
 
 
 def run_client_processes(
@@ -426,6 +445,9 @@ def run_client_processes(
             "--start", config.start,
             "--out", str(work / f"client-{k}"),
         ]  # fmt: skip
+        if config.keys_dir is not None:
+            argv += ["--curve-secret", str(config.keys_dir / "client.key_secret"),
+                     "--curve-server-key", str(config.keys_dir / "server.key")]  # fmt: skip
         argv = launch.client_argv(config, k, len(ranges), argv)
         started.append(procs.start(f"client-{k}", argv, out_dir / f"client-{k}.log"))
     deadline = time.monotonic() + config.deadline_s + CLIENT_GRACE_S

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import threading
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import zmq
 import zmq.auth
@@ -116,12 +116,28 @@ def curve_server(sock: zmq.Socket, secret_file: Path, allow_dir: Path) -> set[by
     return allowed
 
 
+class CurveClientKeys(NamedTuple):
+    """What a CURVE client socket needs: its key pair and the server's public key (Z85)."""
+
+    public: bytes
+    secret: bytes
+    server: bytes
+
+    @classmethod
+    def load(cls, secret_file: Path, server_key_file: Path) -> "CurveClientKeys":
+        public, secret = load_secret(secret_file)
+        return cls(public, secret, load_public(server_key_file))
+
+    def apply(self, sock: zmq.Socket) -> None:
+        """Make `sock` a CURVE client (before it connects)."""
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
+        sock.curve_serverkey = self.server
+
+
 def connect_curve(sock: zmq.Socket, secret_file: Path, server_key_file: Path) -> None:
     """Make `sock` a CURVE client with its key pair, trusting the server's public key."""
-    public, secret = load_secret(secret_file)
-    sock.curve_secretkey = secret
-    sock.curve_publickey = public
-    sock.curve_serverkey = load_public(server_key_file)
+    CurveClientKeys.load(secret_file, server_key_file).apply(sock)
 
 
 def is_loopback(endpoint: str) -> bool:

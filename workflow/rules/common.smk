@@ -9,10 +9,11 @@ RUN = config["run"]
 RESULTS = f"results/{RUN}"
 SWEEP = config["sweep"]
 POINTS = [
-    f"{clients}-{messages}-{rep}"
+    f"{clients}-{messages}-{rep}{'-curve' if curve else ''}"
     for clients in SWEEP["clients"]
     for messages in SWEEP["messages"]
     for rep in range(1, SWEEP["repetitions"] + 1)
+    for curve in SWEEP["curve"]
 ]
 
 
@@ -20,6 +21,7 @@ wildcard_constraints:
     clients=r"[1-9][0-9]*",
     messages=r"[1-9][0-9]*",
     rep=r"[1-9][0-9]*",
+    security=r"(-curve)?",
 
 
 def run_options():

@@ -4,9 +4,9 @@
 
 rule point:
     output:
-        f"{RESULTS}/points/{{clients}}-{{messages}}-{{rep}}/point.json",
+        f"{RESULTS}/points/{{clients}}-{{messages}}-{{rep}}{{security}}/point.json",
     log:
-        f"{RESULTS}/logs/points/{{clients}}-{{messages}}-{{rep}}.log",
+        f"{RESULTS}/logs/points/{{clients}}-{{messages}}-{{rep}}{{security}}.log",
     conda:
         "../envs/msgprof.yaml"
     resources:
@@ -14,6 +14,7 @@ rule point:
     params:
         out=subpath(output[0], parent=True),
         options=run_options(),
+        curve=lambda wildcards: "--curve" if wildcards.security else "",
     shell:
         "msgprof point --clients {wildcards.clients} --messages {wildcards.messages}"
-        " {params.options} --out {params.out} > {log} 2>&1"
+        " {params.options} {params.curve} --out {params.out} > {log} 2>&1"
