@@ -64,9 +64,14 @@ def server_process(tmp_path: Path, *extra: str) -> Iterator[tuple[subprocess.Pop
 class Peer:
     """A raw DEALER that sends arbitrary frames and reads ACKs with a bound."""
 
-    def __init__(self, ctx: zmq.Context, endpoint: str) -> None:
+    def __init__(self, ctx: zmq.Context, endpoint: str, curve: tuple[Path, Path] | None = None) -> None:
+        """`curve`: (client secret certificate, server public certificate) to speak CURVE."""
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            from msgprof.security import connect_curve
+
+            connect_curve(self.sock, *curve)
         self.sock.connect(endpoint)
 
     def send(self, *frames: bytes) -> None:

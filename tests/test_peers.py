@@ -8,7 +8,6 @@ import struct
 import time
 
 import pytest
-import zmq
 
 from msgprof import security
 from msgprof.protocol import Status
@@ -118,19 +117,11 @@ def keys(tmp_path):
 
 def test_curve_admits_allowed_keys_and_refuses_unknown_ones(tmp_path, zctx, keys):
     with running_server(tmp_path / "q", curve_secret=keys["server_secret"], curve_allow=keys["allow"]) as server:
-        good = Peer.__new__(Peer)
-        good.sock = zctx.socket(zmq.DEALER)
-        good.sock.linger = 0
-        security.connect_curve(good.sock, keys["good"], keys["server_pub"])
-        good.sock.connect(server.endpoint)
+        good = Peer(zctx, server.endpoint, curve=(keys["good"], keys["server_pub"]))
         good.data(1, 1)
         assert good.ack().status == Status.OK
 
-        stranger = Peer.__new__(Peer)
-        stranger.sock = zctx.socket(zmq.DEALER)
-        stranger.sock.linger = 0
-        security.connect_curve(stranger.sock, keys["stranger"], keys["server_pub"])
-        stranger.sock.connect(server.endpoint)
+        stranger = Peer(zctx, server.endpoint, curve=(keys["stranger"], keys["server_pub"]))
         stranger.data(2, 1)
         assert stranger.ack(timeout_ms=1000) is None  # refused at the handshake
 
