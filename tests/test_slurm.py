@@ -332,10 +332,12 @@ def test_slurm_profile_runs_the_tiny_sweep_like_a_local_run(slurm_nodes, tmp_pat
         limits = json.loads((slurm / point / "limits.json").read_text())
         assert limits["cpu_affinity"] == 2
         clients, messages, rep = point.split("/")[1].split("-")
+        # one folder per job, named by its wildcards joined with "_" (the last one, security,
+        # is empty for a point without CURVE)
         logs = list(
-            (
-                runs["slurm"] / ".snakemake/slurm_logs/rule_point" / f"{clients}_{messages}_{rep}"
-            ).glob("*.log")
+            (runs["slurm"] / ".snakemake/slurm_logs/rule_point").glob(
+                f"{clients}_{messages}_{rep}_/*.log"
+            )
         )
         assert logs and logs[0].stat().st_size > 0
     assert list((runs["slurm"] / ".snakemake/slurm_logs/rule_master").glob("*.log"))
