@@ -68,6 +68,7 @@ a server that never answers yields TIMEOUT rows and not-connected clients, never
 
 from __future__ import annotations
 
+import abc
 import array
 import errno
 import gc
@@ -341,7 +342,7 @@ def plan_capacity(
 # Waiting for readable sockets
 
 
-class _Waiter:
+class _Waiter(abc.ABC):
     """Readiness of many zmq sockets; a socket is known by the `key` it was added with."""
 
     name = ""
@@ -365,16 +366,19 @@ class _Waiter:
         return [keys[token] for token in self._ready(timeout_s)]
 
     def close(self) -> None:
-        pass
+        """Release what the waiter holds (the epoll descriptor); nothing by default."""
 
+    @abc.abstractmethod
     def _register(self, sock: zmq.Socket) -> Any:
-        raise NotImplementedError
+        """Start watching `sock`; return the token `_ready` reports it by."""
 
+    @abc.abstractmethod
     def _unregister(self, token: Any) -> None:
-        raise NotImplementedError
+        """Stop watching the socket of `token`."""
 
+    @abc.abstractmethod
     def _ready(self, timeout_s: float) -> list[Any]:
-        raise NotImplementedError
+        """Tokens of the sockets that may have input, after at most `timeout_s`."""
 
 
 class _EpollWaiter(_Waiter):

@@ -113,7 +113,7 @@ class NullStore:
         return {}
 
     def close(self) -> None:
-        pass
+        """Nothing to flush or release."""
 
     def disk_bytes(self) -> int:
         return 0
