@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 import zmq
 import zmq.auth
 from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger("msgprof.security")
 
@@ -57,15 +58,28 @@ class Gatekeeper:
     server must have descriptors to spare (`admit()` is true). A refused client sees its
     handshake fail (ZMTP ERROR, status 400) instead of a connection that hangs, and its
     descriptor is freed at once. One thread; the handshake waits for its answer.
+
+    The same thread reads the server socket's monitor (`on_event` per event) and drains it
+    before every answer: libzmq reports a connection's ACCEPTED before its handshake asks,
+    so `admit()` judges a count that includes every connection accepted so far.
     """
 
     ENDPOINT = "inproc://zeromq.zap.01"
 
-    def __init__(self, ctx: zmq.Context, admit: Callable[[], bool], allowed: set[bytes] | None) -> None:
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        admit: Callable[[], bool],
+        allowed: set[bytes] | None,
+        monitor: zmq.Socket,
+        on_event: Callable[[dict], None],
+    ) -> None:
         self.admit = admit
         self.allowed = allowed
         self.refused_full = 0
         self.refused_key = 0
+        self._monitor = monitor
+        self._on_event = on_event
         self._sock = ctx.socket(zmq.REP)
         self._sock.linger = 0
         self._sock.bind(self.ENDPOINT)
@@ -74,16 +88,32 @@ class Gatekeeper:
         self._thread.start()
 
     def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                if self._sock.poll(100):
+                ready = dict(poller.poll(100))
+                self._drain_monitor()
+                if self._sock in ready:
                     self._answer(self._sock.recv_multipart())
-        finally:
-            self._sock.close(linger=0)  # closed by the thread that used it
+            self._drain_monitor()
+        finally:  # closed by the thread that used them
+            self._sock.close(linger=0)
+            self._monitor.close(linger=0)
+
+    def _drain_monitor(self) -> None:
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_event(event)
 
     def _answer(self, request: list[bytes]) -> None:
         """Reply to one ZAP request (RFC 27): 200 to admit, 400 to refuse."""
         version, request_id, _domain, _address, _identity, mechanism = request[:6]
+        self._drain_monitor()
         status, text = b"200", b"OK"
         if self.allowed is not None and (
             mechanism != b"CURVE" or z85.encode(request[6]) not in self.allowed
@@ -96,6 +126,7 @@ class Gatekeeper:
         self._sock.send_multipart([version, request_id, status, text, b"", b""])
 
     def stop(self) -> None:
+        """Stop answering; the monitor is drained a last time and both sockets closed."""
         self._stop.set()
         self._thread.join(timeout=5)
 

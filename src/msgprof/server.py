@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from msgprof import atomic, limits, protocol, security
 from msgprof.protocol import Rejected, Status, Unanswerable
@@ -218,9 +217,11 @@ class Server:
         self._owner: dict[int, bytes] = {}  # client id -> routing id of its latest connection
         # Every handshake asks the gatekeeper: a CURVE key off the allow-list, or a connection
         # past the descriptor budget, is refused before it holds a descriptor for long.
-        self.gatekeeper = security.Gatekeeper(self.ctx, self._has_room, allowed)
+        monitor = self.router.get_monitor_socket(_MONITOR_EVENTS)
+        self.gatekeeper = security.Gatekeeper(
+            self.ctx, self._has_room, allowed, monitor, self._on_monitor_event
+        )
         self.router.zap_domain = b"msgprof"
-        self.monitor = self.router.get_monitor_socket(_MONITOR_EVENTS)
         self.router.bind(config.bind)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         log.info(
@@ -265,12 +266,9 @@ class Server:
         """Serve until stopped, then flush, close and return the final stats."""
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        poller.register(self.monitor, zmq.POLLIN)
         try:
             while not self._stopping:
                 ready = dict(poller.poll(IDLE_POLL_MS))
-                if self.monitor in ready:
-                    self._drain_monitor()
                 if self.router in ready:
                     self._serve_burst()
                 if self._snapshots_wanted != self._snapshots_written:
@@ -359,31 +357,27 @@ class Server:
         if len(samples) < MAX_SERVICE_SAMPLES:
             samples.extend(t_done - t for _i, _s, _h, t in replies)
 
-    def _drain_monitor(self) -> None:
-        """Count connections from the socket monitor: the gatekeeper's budget depends on it."""
+    def _on_monitor_event(self, event: dict) -> None:
+        """Count connections from the socket monitor (in the gatekeeper's thread, which
+        judges the descriptor budget from these counts)."""
         counters = self.counters
-        while True:
-            try:
-                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            kind = event["event"]
-            if kind == zmq.EVENT_ACCEPTED:
-                counters.accepted += 1
-                counters.connections += 1
-                if counters.connections > counters.peak_connections:
-                    counters.peak_connections = counters.connections
-            elif kind == zmq.EVENT_DISCONNECTED:
-                counters.disconnected += 1
-                counters.connections = max(0, counters.connections - 1)
-            elif kind == zmq.EVENT_ACCEPT_FAILED:
-                name = _errno_name(event["value"])
-                if not counters.accept_failed:
-                    log.error("accept failed with %s (soft RLIMIT_NOFILE %d)", name, self.nofile[0])
-                counters.accept_failed[name] += 1
-            else:
-                counters.handshake_failed += 1
-                self._note_refusals()
+        kind = event["event"]
+        if kind == zmq.EVENT_ACCEPTED:
+            counters.accepted += 1
+            counters.connections += 1
+            if counters.connections > counters.peak_connections:
+                counters.peak_connections = counters.connections
+        elif kind == zmq.EVENT_DISCONNECTED:
+            counters.disconnected += 1
+            counters.connections = max(0, counters.connections - 1)
+        elif kind == zmq.EVENT_ACCEPT_FAILED:
+            name = _errno_name(event["value"])
+            if not counters.accept_failed:
+                log.error("accept failed with %s (soft RLIMIT_NOFILE %d)", name, self.nofile[0])
+            counters.accept_failed[name] += 1
+        else:
+            counters.handshake_failed += 1
+            self._note_refusals()
 
     def _has_room(self) -> bool:
         """Whether one more connection fits the descriptor budget (asked by the gatekeeper)."""
@@ -415,7 +409,7 @@ class Server:
 
     def _shutdown(self) -> dict[str, Any]:
         """Stop receiving, make everything durable, close, and write the stats."""
-        self._drain_monitor()
+        self.gatekeeper.stop()  # reads the last monitor events, closes the monitor
         fds_at_stop = limits.open_fds()
         store_stats = self.store.stats()
         disk_bytes = self.store.disk_bytes()
@@ -424,9 +418,7 @@ class Server:
         except StoreError as err:  # the final flush failed: say so, the stats still get written
             log.error("final flush failed: %s", err)
             store_stats["close_error"] = f"{err.kind}: {err}"
-        self.monitor.close(linger=0)
         self.router.close()
-        self.gatekeeper.stop()
         self.ctx.term()
         stats = self.stats(store_stats, disk_bytes, fds_at_stop)
         stats["final"] = True
