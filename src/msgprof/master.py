@@ -78,6 +78,9 @@ def stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]
     if not after:
         return {}
     delta = dict(after)
+    # service times of the step alone (the server's whole-life quantiles stay in the master's
+    # own server.json)
+    delta["service_ns"] = after.get("service_ns_since_snapshot", after.get("service_ns", {}))
     for key in ("received", "stored", "unanswered", "unroutable", "reply_dropped_hwm"):
         delta[key] = after.get(key, 0) - before.get(key, 0)
     for key in ("replies", "rejected"):

@@ -155,6 +155,7 @@ class Server:
         self._stopping = False
         self._snapshots_wanted = 0
         self._snapshots_written = 0
+        self._samples_at_snapshot = 0  # service samples taken before the last snapshot
         self._started_ns = time.time_ns()
         self.endpoint: str | None = None
 
@@ -404,6 +405,7 @@ class Server:
         stats["final"] = False
         stats["snapshot"] = self._snapshots_written
         atomic.write_json(self.config.stats_out, stats)
+        self._samples_at_snapshot = len(self._service_ns)
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -465,6 +467,7 @@ class Server:
             "bursts": c.bursts,
             "peak_burst": c.peak_burst,
             "service_ns": _quantiles(self._service_ns),
+            "service_ns_since_snapshot": _quantiles(self._service_ns[self._samples_at_snapshot :]),
             "open_fds_at_stop": open_fds,
             "rlimit_nofile": {"soft": self.nofile[0], "hard": self.nofile[1]},
             "store": store_stats,
