@@ -41,6 +41,8 @@ def run_options():
         "--connect-timeout-s": client["connect_timeout_s"],
         "--deadline-s": client["deadline_s"],
         "--start": client["start"],
+        "--launcher": client["launcher"],
+        "--bind": server.get("bind"),
     }
     return " ".join(
         f"{name} {shlex.quote(str(value))}"
