@@ -38,6 +38,8 @@ FD_RESERVE = 64
 #: Service-time samples kept for quantiles (8 bytes each); later messages are counted only.
 MAX_SERVICE_SAMPLES = 20_000_000
 
+_STATUS_NAMES = {int(s): s.name for s in Status}
+
 _MONITOR_EVENTS = (
     zmq.EVENT_ACCEPTED
     | zmq.EVENT_ACCEPT_FAILED
@@ -284,6 +286,7 @@ class Server:
         store = self.store
         counters = self.counters
         max_payload = self.config.max_payload_bytes
+        owner = self._owner
         replies: list[tuple[bytes, int, protocol.Header, int]] = []  # identity, status, header, t_recv
         n = 0
         while n < MAX_BURST:
@@ -304,9 +307,9 @@ class Server:
                 counters.rejected[err.kind] += 1
                 replies.append((identity, err.status, err.header, t_recv))
                 continue
-            if self._owner.get(header.client_id, identity) != identity:
+            if owner.get(header.client_id, identity) != identity:
                 counters.client_id_takeovers += 1
-            self._owner[header.client_id] = identity
+            owner[header.client_id] = identity
             last = store.last_seq(header.client_id)
             if header.seq == last + 1:
                 store.append(header.client_id, header.seq, payload)
@@ -351,7 +354,7 @@ class Server:
                 if err.errno != zmq.EHOSTUNREACH:
                     raise
                 counters.unroutable += 1
-            by_status[Status(status).name] += 1
+            by_status[_STATUS_NAMES[status]] += 1
         counters.stored += stored
         t_done = time.perf_counter_ns()
         samples = self._service_ns
