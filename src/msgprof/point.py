@@ -160,13 +160,25 @@ def load_window(client_docs: list[dict[str, Any]]) -> tuple[int, float]:
     return acked, (max(w[1] for w in windows) - min(w[0] for w in windows)) / 1e9
 
 
-def throughput(rtt: pa.Table | None, client_docs: list[dict[str, Any]]) -> dict[str, Any]:
+def throughput(
+    rtt: pa.Table | None, client_docs: list[dict[str, Any]], shared_clock: bool = True
+) -> dict[str, Any]:
     """Acknowledged messages per second while all clients of the point were active.
 
     The window runs from the last client's start to the first client's last reply, over all
     processes (CLOCK_MONOTONIC is shared on a host). When clients never overlapped (few
     messages each), the whole load window (first send to last ack) is used and named so.
+    Client processes on other hosts share no clock: their own rates (acks over their own load
+    window) are added up instead, window "per_process".
     """
+    if not shared_clock:
+        rates = [doc.get("acked_per_s") or 0.0 for doc in client_docs]
+        windows = [
+            (doc["window_end_ns"] - doc["window_start_ns"]) / 1e9
+            for doc in client_docs
+            if doc.get("window_start_ns") and doc.get("window_end_ns")
+        ]
+        return {"msgs_per_s": sum(rates), "window_s": max(windows, default=0.0), "window": "per_process"}
     starts = [d.get("all_active_start_ns") for d in client_docs]
     ends = [d.get("all_active_end_ns") for d in client_docs]
     if rtt is not None and rtt.num_rows and all(starts) and all(ends) and starts:
@@ -314,12 +326,14 @@ def write_point(
     if resources is not None:
         atomic.write_parquet(out_dir / "resources.parquet", resources)
     document = _summarise(config, started, timings, problems, server_stats, load.docs, check)
+    launcher = launch.describe(config)
+    rate = throughput(load.rtt, load.docs, launcher.get("shared_clock", True))
     document.update(
         {f"throughput_{k}" if k != "msgs_per_s" else "throughput_msgs_per_s": v
-         for k, v in throughput(load.rtt, load.docs).items()}
+         for k, v in rate.items()}
     )  # fmt: skip
     document["server"]["resources"] = resource_summary(resources)
-    document["launcher"] = launch.describe(config)
+    document["launcher"] = launcher
     document.update(extra or {})
     atomic.write_json(out_dir / "point.json", document)
     return document
