@@ -100,7 +100,8 @@ def git_commit(repo: Path | str = ".") -> dict[str, Any]:
             return None
 
     commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
+    # dirty = the source differs from the commit; results written by runs do not count
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
 
