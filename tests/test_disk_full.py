@@ -6,8 +6,6 @@ server keeps answering, and once space is freed the same messages are accepted a
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,26 +16,16 @@ from msgprof.protocol import Status
 from msgprof.store import QueueReader
 from msgprof.verify import verify_queues
 
-from conftest import Peer, running_server
+from conftest import Peer, running_server, small_tmpfs
 
 PAYLOAD = 4096
 
 
 @pytest.fixture
 def small_disk(tmp_path) -> Path:
-    """A 1 MiB tmpfs mounted for the test (root only), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    """A 1 MiB tmpfs for the server's queues."""
+    with small_tmpfs(tmp_path / "disk", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def _send_until_full(peer: Peer, cid: int, limit: int = 1000) -> tuple[list[int], int]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import small_tmpfs
+
 from msgprof.protocol import Status
 from msgprof.store import (
     ACK_MODES,
@@ -702,22 +704,8 @@ def test_buffer_mode_backpressure_writes_synchronously(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_fs(tmp_path: Path):
     """A 256 KiB tmpfs, so ENOSPC is real. Needs root."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    with small_tmpfs(tmp_path / "mnt", "256k") as mount:
+        yield mount
 
 
 def fill_disk(path: Path) -> None:
