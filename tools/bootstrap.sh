@@ -9,7 +9,17 @@ python=${PYTHON:-python3}
   || { echo "msgprof needs Python 3.11 or newer; $python is $("$python" --version 2>&1)" >&2; exit 1; }
 if [ ! -x "$venv/bin/python" ]; then
   echo "bootstrap: creating $venv" >&2
-  "$python" -m venv "$venv"
+  if ! "$python" -m venv "$venv"; then
+    # Debian's python3 ships venv without ensurepip; as root, install it and try again.
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null; then
+      rm -rf "$venv"
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv > /dev/null
+      "$python" -m venv "$venv"
+    else
+      echo "bootstrap: '$python -m venv' failed; install your distribution's venv package" >&2
+      exit 1
+    fi
+  fi
 fi
 stamp="$venv/.msgprof-installed"
 want=$(sha256sum "$root/pyproject.toml" | cut -d' ' -f1)
