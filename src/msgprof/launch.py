@@ -14,6 +14,7 @@ SLURM reaches this node at (`srun`: NodeAddr of `scontrol show node`). A wildcar
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import os
@@ -122,10 +123,8 @@ def _bracket(host: str) -> str:
 
 def resolve_host(host: str) -> str:
     """`host` as an IP address (IPv4 preferred): ZeroMQ binds addresses, not names."""
-    try:
+    with contextlib.suppress(ValueError):  # not a literal address: resolve the name below
         return str(ipaddress.ip_address(host))
-    except ValueError:
-        pass
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             return socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)[0][4][0]

@@ -107,11 +107,11 @@ class ChildProcesses:
         for _name, proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
-        for _name, proc in self.procs:
+        for name, proc in self.procs:
             try:
                 proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+            except subprocess.TimeoutExpired:  # stuck in the kernel (D state): say so, go on
+                log.error("%s (pid %d) did not exit 10 s after SIGKILL", name, proc.pid)
         for f in self._logs:
             f.close()
 

@@ -187,7 +187,7 @@ def segment_name(first_seq: int) -> str:
 
 
 class _UnsupportedVersion(Exception):
-    pass
+    """A segment header with a valid checksum but another format version: never cut, refuse."""
 
 
 def _check_header(buf: memoryview, client_id: int, first_seq: int) -> str | None:
@@ -219,6 +219,12 @@ class _Walk:
         self.seq = expected_seq  # seq the next record must carry
         self.end = SEGMENT_HEADER_SIZE
         self.reason: str | None = None
+
+    def to_end(self) -> "_Walk":
+        """Walk every intact record without keeping them (recovery needs only where it ends)."""
+        for _record in self:
+            continue
+        return self
 
     def __iter__(self) -> Iterator[tuple[int, int, memoryview]]:
         buf, size, pos, seq = self.buf, len(self.buf), SEGMENT_HEADER_SIZE, self.seq
@@ -591,9 +597,7 @@ class QueueStore:
             elif prev_last is not None and first != prev_last + 1:
                 detail = f"seq {prev_last + 1}..{first - 1} missing"
                 cuts.append(RecoveryCut(st.cid, path, 0, 0, "seq_gap", detail))
-            walk = _Walk(data, first)
-            for _ in walk:
-                pass
+            walk = _Walk(data, first).to_end()
             if walk.reason is not None:
                 self._truncate(path, walk.end)
                 cuts.append(RecoveryCut(st.cid, path, walk.end, len(data) - walk.end, walk.reason))
