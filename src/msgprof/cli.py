@@ -44,12 +44,15 @@ def _positive_float(text: str) -> float:
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     """Server options shared by `server` and `point` (same names, same defaults)."""
+    from msgprof.server import ServerOptions
     from msgprof.store import ACK_MODES, SYNC_METHODS
+
+    defaults = ServerOptions()
 
     p.add_argument(
         "--ack-after",
         choices=ACK_MODES,
-        default="write",
+        default=defaults.ack_after,
         help="when a message is acknowledged: buffer (in process memory, flushed every "
         "--flush-interval-ms), write (reached the OS: survives a killed server), fsync "
         "(fdatasync'd by group commit: survives power loss). Default: %(default)s",
@@ -57,7 +60,7 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--sync-method",
         choices=SYNC_METHODS,
-        default="auto",
+        default=defaults.sync_method,
         help="how fsync mode and the flusher make data durable: fdatasync (each file), syncfs "
         "(one call for the whole filesystem: group commit across clients) or auto (syncfs from "
         "3 files on). Default: %(default)s",
@@ -65,39 +68,39 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--flush-interval-ms",
         type=_positive_float,
-        default=10.0,
+        default=defaults.flush_interval_ms,
         help="background flush interval in milliseconds (lazy flushing). Default: %(default)s",
     )
     p.add_argument(
         "--backlog",
         type=_positive_int,
-        default=1024,
+        default=defaults.backlog,
         help="ZMQ_BACKLOG: pending TCP connections the listen queue holds (the kernel caps it "
         "at net.core.somaxconn). Default: %(default)s",
     )
     p.add_argument(
         "--max-open-files",
         type=_positive_int,
-        default=256,
+        default=defaults.max_open_files,
         help="most queue files the server keeps open at once (LRU). Default: %(default)s",
     )
     p.add_argument(
         "--max-payload-bytes",
         type=_non_negative_int,
-        default=1 << 20,
+        default=defaults.max_payload_bytes,
         help="largest payload accepted, in bytes; larger ones get TOO_LARGE. Default: %(default)s",
     )
     p.add_argument(
         "--store",
         choices=("file", "none"),
-        default="file",
+        default=defaults.store,
         help="file: per-client queue files (the real server); none: sequence checks only, no "
         "storage (to measure protocol cost apart from storage). Default: %(default)s",
     )
     p.add_argument(
         "--rlimit-nofile",
         type=_positive_int,
-        default=None,
+        default=defaults.rlimit_nofile,
         help="soft RLIMIT_NOFILE for the server process (descriptors). Default: the hard limit",
     )
 

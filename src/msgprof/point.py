@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from msgprof import atomic, launch, security, sysinfo
 from msgprof.monitor import ResourceMonitor, resource_summary
+from msgprof.server import ServerOptions
 from msgprof.verify import verify_queues
 
 log = logging.getLogger("msgprof.point")
@@ -37,8 +38,9 @@ CLIENT_GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
-class PointConfig:
-    """Parameters of one point; recorded verbatim in point.json."""
+class PointConfig(ServerOptions):
+    """Parameters of one point; recorded verbatim in point.json. The server options
+    (ServerOptions: store, ack_after, ...) are keyword-only."""
 
     clients: int
     messages: int
@@ -51,14 +53,6 @@ class PointConfig:
     data_dir: Path | None = None
     keep_queues: bool = False
     start: str = "all_connected"
-    store: str = "file"
-    ack_after: str = "write"
-    sync_method: str = "auto"
-    flush_interval_ms: float = 10.0
-    backlog: int = 1024
-    max_open_files: int = 256
-    max_payload_bytes: int = 1 << 20
-    rlimit_nofile: int | None = None
     # Where the clients run and what the server binds: see msgprof.launch.
     launcher: str = "local"
     bind: str | None = None

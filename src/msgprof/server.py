@@ -50,13 +50,10 @@ _MONITOR_EVENTS = (
 )
 
 
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything `msgprof server` is told; recorded verbatim in its stats."""
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions:
+    """The server options a sweep point also takes (and passes on): one place for their defaults."""
 
-    data_dir: Path | None
-    ready_file: Path | None = None
-    bind: str = "tcp://127.0.0.1:0"
     store: str = "file"
     ack_after: str = "write"
     sync_method: str = "auto"
@@ -64,8 +61,17 @@ class ServerConfig:
     backlog: int = 1024
     max_open_files: int = 256
     max_payload_bytes: int = 1 << 20
-    max_sockets: int = 1024
     rlimit_nofile: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig(ServerOptions):
+    """Everything `msgprof server` is told; recorded verbatim in its stats."""
+
+    data_dir: Path | None = None
+    ready_file: Path | None = None
+    bind: str = "tcp://127.0.0.1:0"
+    max_sockets: int = 1024
     stats_out: Path | None = None
     heartbeat_ms: int = 10_000
     handshake_timeout_ms: int = 10_000
