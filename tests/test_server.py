@@ -188,22 +188,13 @@ def test_bad_configuration_is_a_clear_error(tmp_path, bad):
 
 
 def test_store_none_needs_no_data_dir(zctx):
-    from msgprof.server import Server, ServerConfig
-
-    server = Server(ServerConfig(data_dir=None, store="none"))
-    import threading
-
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    peer = Peer(zctx, server.endpoint)
-    peer.data(1, 1)
-    assert peer.ack().status == Status.OK
-    peer.data(1, 1)
-    assert peer.ack().status == Status.DUPLICATE
-    peer.close()
-    server.stop()
-    thread.join(10)
-    assert not thread.is_alive()
+    with running_server(None, store="none") as server:
+        peer = Peer(zctx, server.endpoint)
+        peer.data(1, 1)
+        assert peer.ack().status == Status.OK
+        peer.data(1, 1)
+        assert peer.ack().status == Status.DUPLICATE
+        peer.close()
 
 
 def test_cli_help_names_units(capsys):
