@@ -694,8 +694,10 @@ class _Loop:
     def send(self, i: int) -> None:
         """Send the next seq of client `i`."""
         seq = self.last_seq[i] + 1
+        # the payload is built before the clock starts: RTT times the round trip, not our encoding
+        payload = payload_for(self.ids[i], seq, self.config.payload_bytes)
         t = time.perf_counter_ns()
-        if not self.transmit(i, seq, t) and not self.resend_mode:
+        if not self.transmit(i, seq, t, payload) and not self.resend_mode:
             # Cannot happen with one message in flight and HWM > 1.
             self.finish(i, t)
             return
@@ -708,7 +710,7 @@ class _Loop:
         if self.connected[i]:
             self.arm(i, t)
 
-    def transmit(self, i: int, seq: int, t_send: int) -> bool:
+    def transmit(self, i: int, seq: int, t_send: int, payload: bytes | None = None) -> bool:
         """Queue DATA `seq` of client `i` on its DEALER; False if the pipe is full."""
         cid = self.ids[i]
         sock = self.socks[i]
@@ -716,7 +718,9 @@ class _Loop:
             sock.send(encode_data(cid, seq, t_send), _SNDMORE_NOBLOCK)
         except zmq.Again:
             return False
-        sock.send(payload_for(cid, seq, self.config.payload_bytes), _NOBLOCK)
+        if payload is None:
+            payload = payload_for(cid, seq, self.config.payload_bytes)
+        sock.send(payload, _NOBLOCK)
         return True
 
     def resend(self, i: int, now: int) -> None:
