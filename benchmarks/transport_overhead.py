@@ -13,6 +13,8 @@ and prints median and p99 RTT at 1 client and throughput at 100 clients for each
 the `none` row (the baseline measured in the same run). On a shared, noisy machine one run
 proves little, so each ratio is taken within a round (the servers of a round run back to back,
 in alternating order) and the table shows the median over rounds of those paired ratios.
+It also prints the server's CPU time per message at 100 clients (all its threads, over the
+clients' run), which says what storing costs independently of how busy the host is.
 
     python benchmarks/transport_overhead.py              # the table, ~3.5 minutes on 2 cores
     python benchmarks/transport_overhead.py --markdown   # the same as a Markdown table
@@ -31,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import zmq
@@ -97,7 +100,10 @@ def run_load(target: str, clients: int, messages: int, processes: int, tmp: Path
         endpoint = wait_ready(work / "ready", server, 60)
         if endpoint is None:
             raise RuntimeError(f"{target} server did not start: {(tmp / 'server.log').read_text()}")
+        server_ps = psutil.Process(server.pid)
+        cpu_before = server_ps.cpu_times()
         started = run_client_processes(config, endpoint, work, tmp, procs, problems)
+        cpu_after = server_ps.cpu_times()
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
     finally:
@@ -118,6 +124,9 @@ def run_load(target: str, clients: int, messages: int, processes: int, tmp: Path
         "p99_us": float(np.quantile(rtt, 0.99)) / 1e3,
         "msgs_per_s": acked / window_s,
         "client_cpu": max(doc.get("cpu_utilization", 0.0) for doc in docs),
+        # all the server's threads (its own and libzmq's), over the clients' run only
+        "server_cpu_us": (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system)
+        / acked * 1e6,
     }
 
 
@@ -151,11 +160,13 @@ def main() -> int:
                 many = run_load(target, args.clients, args.messages, args.processes, tmp / "tput")
                 results[target].append(
                     {"p50_us": single["p50_us"], "p99_us": single["p99_us"],
-                     "msgs_per_s": many["msgs_per_s"], "client_cpu": many["client_cpu"]}
+                     "msgs_per_s": many["msgs_per_s"], "client_cpu": many["client_cpu"],
+                     "server_cpu_us": many["server_cpu_us"]}
                 )  # fmt: skip
                 print(
                     f"round {round_no + 1}/{args.rounds} {target:6s} p50 {single['p50_us']:7.1f} us  "
-                    f"p99 {single['p99_us']:7.1f} us  {many['msgs_per_s']:8.0f} msg/s",
+                    f"p99 {single['p99_us']:7.1f} us  {many['msgs_per_s']:8.0f} msg/s  "
+                    f"server CPU {many['server_cpu_us']:5.1f} us/msg",
                     file=sys.stderr,
                     flush=True,
                 )
@@ -164,12 +175,13 @@ def main() -> int:
         table[t]["p50_ratio"] = _paired_ratio(results[t], results[BASELINE], "p50_us")
         table[t]["tput_ratio"] = _paired_ratio(results[t], results[BASELINE], "msgs_per_s")
     fsync_write = _paired_ratio(results["fsync"], results["write"], "msgs_per_s")
-    header = ("server", "RTT p50 µs", "RTT p99 µs", "p50 ratio", f"msg/s @{args.clients}", "tput ratio", "client CPU")
+    header = ("server", "RTT p50 µs", "RTT p99 µs", "p50 ratio", f"msg/s @{args.clients}", "tput ratio",
+              "server CPU µs/msg", "client CPU")  # fmt: skip
     lines = []
     for t in TARGETS:
         row = table[t]
         lines.append((t, f"{row['p50_us']:.1f}", f"{row['p99_us']:.1f}", f"{row['p50_ratio']:.2f}",
-                      f"{row['msgs_per_s']:.0f}", f"{row['tput_ratio']:.2f}",
+                      f"{row['msgs_per_s']:.0f}", f"{row['tput_ratio']:.2f}", f"{row['server_cpu_us']:.1f}",
                       f"{row['client_cpu']:.0%}"))  # fmt: skip
     if args.markdown:
         print("| " + " | ".join(header) + " |")
