@@ -292,7 +292,7 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def _write_all(fd: int, data: bytes) -> None:
     """os.write until all of data is written; a short write is continued, an error raised."""
     written = os.write(fd, data)
     if written != len(data):
@@ -778,19 +778,14 @@ class QueueStore:
         if st.poisoned:  # a fresh error each time: re-raising one would grow its traceback
             raise StorageFailure(f"client {st.cid}: queue file unusable until the store reopens")
         data = b"".join(parts)
-        before = st.seg_size
-        if st.seg_path is None or before >= self._segment_bytes:
+        if self._starts_segment(st):
             self._write_new_segment(st, data, first_seq)
             return
-        fd = self._fds.get(st.cid, -1)  # the hot path: _fd and _write_all inlined
+        before = st.seg_size
+        fd = -1
         try:
-            if fd < 0:
-                fd = self._fd(st)
-            else:
-                self._fds.move_to_end(st.cid)
-            written = os.write(fd, data)
-            if written != len(data):
-                _write_all(fd, memoryview(data)[written:])
+            fd = self._fd(st)
+            _write_all(fd, data)
         except OSError as exc:
             err = self._failed(exc, f"client {st.cid}: writing {len(data)} bytes")
             if fd >= 0:
