@@ -132,6 +132,7 @@ def test_segments_roll(tmp_path: Path) -> None:
         for seq in range(1, 11):
             store.append(7, seq, payload(7, seq))
             assert store.commit() == {}
+        store.flush()  # from the write-ahead log into segments, split as if one commit each
         assert store.stats()["segments_created"] == 4
     names = [p.name for p in segments(tmp_path, 7)]
     assert names == [segment_name(s) for s in (1, 4, 7, 10)]
@@ -337,8 +338,10 @@ def test_open_handles_stay_under_the_cap(tmp_path: Path, mode: str, method: str)
             for cid in range(1, 51):
                 store.append(cid, seq, payload(cid, seq))
             assert store.commit() == {}
-            # the segments, the directory lock and (syncfs) the root directory
-            assert open_fds() - baseline <= 8 + 1 + (method == "syncfs")
+            if mode == "write":
+                store.flush()  # the log's records into the segments
+            # the segments, the directory lock, (syncfs) the root directory, (write) the log
+            assert open_fds() - baseline <= 8 + 1 + (method == "syncfs") + (mode == "write")
         stats = store.stats()
         assert stats["peak_open_handles"] == 8 and stats["open_handles"] <= 8
         assert stats["handle_evictions"] >= 3 * 50 - 8
@@ -601,7 +604,7 @@ def test_failed_fdatasync_rolls_back(
 def test_client_is_poisoned_when_a_failed_write_cannot_be_undone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = QueueStore(tmp_path)
+    store = QueueStore(tmp_path, ack_after="fsync")  # its commits write the segments themselves
     fill(store, 1, 2)
     fill(store, 2, 2)
     path = str(segments(tmp_path, 1)[0])
@@ -628,6 +631,69 @@ def test_client_is_poisoned_when_a_failed_write_cannot_be_undone(
     with QueueStore(tmp_path) as store:
         assert store.last_seq(1) == 2
         fill(store, 1, 3)
+
+
+def test_write_mode_keeps_the_log_until_every_record_is_in_its_segment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record acknowledged from the write-ahead log whose segment write fails stays in the
+    log (the client refuses new records meanwhile); the next open replays it."""
+    store = QueueStore(tmp_path)
+    fill(store, 1, 2)
+    fill(store, 2, 2)
+    store.flush()
+    path = str(segments(tmp_path, 1)[0])
+    real_write = os.write
+
+    def failing_write(fd: int, data: bytes) -> int:
+        if os.readlink(f"/proc/self/fd/{fd}") == path:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", failing_write)
+    fill(store, 1, 3)  # logged and acknowledged
+    fill(store, 2, 3)
+    with pytest.raises(StorageFailure):
+        store.flush()
+    assert store.stats()["flush_errors"] == {"storage_error": 1}
+    store.append(1, 4, payload(1, 4))
+    assert isinstance(store.commit()[1], StorageFailure)  # sticky until its records are written
+    assert list((tmp_path / ".wal").glob("*.wal"))  # the log still holds seq 3 of client 1
+    monkeypatch.undo()
+    store.flush()  # the retry writes it, and the log files are released
+    fill(store, 1, 4)
+    store.close()
+    assert not list((tmp_path / ".wal").glob("*.wal"))
+    assert stored(tmp_path, 1) == [1, 2, 3, 4]
+    assert stored(tmp_path, 2) == [1, 2, 3]
+
+
+def test_write_mode_replays_the_log_of_a_killed_store(tmp_path: Path) -> None:
+    """What a killed write-mode store logged but had not yet moved into segments is there
+    after the next open; records already in segments are not stored twice."""
+    code = f"""
+import os
+from msgprof.store import QueueStore
+store = QueueStore({str(tmp_path)!r})
+for seq in range(1, 8):
+    for cid in (1, 2):
+        store.append(cid, seq, ("{{}}:{{}}:".format(cid, seq).encode() * 40)[:40])
+    store.commit()
+    if seq == 3:
+        store.flush()  # 1-3 in the segments, 4-7 only in the log
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert list((tmp_path / ".wal").glob("*.wal"))
+    suffixes = [r.path.suffix for r in QueueReader(tmp_path).records(1, after_seq=0)]
+    assert suffixes == [".seg"] * 3 + [".wal"] * 4  # the reader finds them in the log meanwhile
+    with QueueStore(tmp_path) as store:
+        assert store.recovery == []
+        assert store.stats()["wal_replayed_records"] == 8
+        assert store.last_seq(1) == store.last_seq(2) == 7
+    for cid in (1, 2):
+        assert stored(tmp_path, cid) == list(range(1, 8))
+    assert not list((tmp_path / ".wal").glob("*.wal"))
 
 
 # ------------------------------------------------------------------------------------ reader
@@ -723,8 +789,10 @@ def fill_disk(path: Path) -> None:
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("mode", ["write", "fsync"])
-def test_disk_full_rolls_back_and_recovers(tiny_fs: Path, mode: str) -> None:
+def test_disk_full_rolls_back_and_recovers(tiny_fs: Path) -> None:
+    """fsync mode: each client's commit is its own segment write, so a full disk fails only
+    the clients whose records do not fit."""
+    mode = "fsync"
     root = tiny_fs / "queues"
     store = QueueStore(root, ack_after=mode)
     fill(store, 1, 5)
@@ -758,6 +826,54 @@ def test_disk_full_rolls_back_and_recovers(tiny_fs: Path, mode: str) -> None:
         assert store.commit() == {}
     assert stored(root, 1) == [1, 2, 3, 4, 5, 6]
     assert stored(root, 2) == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.root
+def test_disk_full_in_write_mode(tiny_fs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write mode: a commit is one write to the log, so a full disk refuses all of its clients
+    (STORAGE_FULL) and leaves nothing of it in the log. Records logged before the disk filled
+    stay in the log when they cannot reach their segments, and the next open writes them."""
+    import msgprof.store as store_module
+
+    monkeypatch.setattr(store_module, "WAL_FLUSH_INTERVAL_MS", 60_000.0)  # flush() moves them
+    root = tiny_fs / "queues"
+    store = QueueStore(root)
+    fill(store, 1, 5)
+    fill(store, 2, 5)
+    store.flush()
+    fill_disk(tiny_fs / "filler")
+    store.append(1, 6, payload(1, 6, 20_000))
+    store.append(2, 6, payload(2, 6))
+    failures = store.commit()
+    assert sorted(failures) == [1, 2]
+    for err in failures.values():
+        assert isinstance(err, StorageFull)
+        assert (err.status, err.kind) == (Status.STORAGE_FULL, "storage_full")
+    assert store.last_seq(1) == 5 and store.last_seq(2) == 5
+    assert store.stats()["flush_errors"] == {"storage_full": 1}  # one write for both
+    assert store.stats()["rolled_back_records"] == 2
+    store.close()
+
+    store = QueueStore(root)
+    assert store.recovery == []  # no partial entry was left in the log
+    assert store.last_seq(1) == 5
+    (tiny_fs / "filler").unlink()
+    store.append(1, 6, payload(1, 6, 20_000))
+    assert store.commit() == {}
+    store.flush()
+    store.append(1, 7, payload(1, 7, 20_000))
+    assert store.commit() == {}  # logged and acknowledged
+    fill_disk(tiny_fs / "filler")
+    with pytest.raises(StorageFull):
+        store.close()  # no room in the segment: the record stays in the log
+    where = [r.path.parent.name for r in QueueReader(root).records(1, after_seq=0)]
+    assert where[-2:] == ["1", ".wal"]  # seq 6 in its segment, seq 7 in the log
+    (tiny_fs / "filler").unlink()
+    with QueueStore(root) as store:
+        assert store.stats()["wal_replayed_records"] == 1
+        assert store.last_seq(1) == 7
+    assert stored(root, 1) == [1, 2, 3, 4, 5, 6, 7]
+    assert stored(root, 2) == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.root

@@ -9,9 +9,14 @@ Layout: ``root/<client_id>/<first_seq as 20 digits>.seg``. A segment is a 24-byt
 records ``payload_len u32 | crc32 u32 | seq u64 | payload`` (little-endian, CRC over the 8 seq
 bytes and the payload), so a torn or damaged tail is found and cut when the store is reopened.
 
+In ``write`` mode a commit goes to the write-ahead log (`msgprof.wal`) with one write() for all
+its clients, and a background flusher moves the records into the segment files every
+WAL_FLUSH_INTERVAL_MS; opening a store replays whatever the log still holds.
+
 Threading: `append`, `commit` and `last_seq` belong to one thread (the server loop). `flush`,
 `close`, `stats` and `disk_bytes` may be called from any thread. In ``buffer`` mode a daemon
-flusher thread writes and syncs the buffered records every `flush_interval_ms`.
+flusher thread writes and syncs the buffered records every `flush_interval_ms`; in ``write``
+mode it writes the logged records to their segments.
 """
 
 from __future__ import annotations
@@ -36,6 +41,17 @@ from pathlib import Path
 from typing import NamedTuple, Self
 
 from msgprof.protocol import MAX_CLIENT_ID, Status
+from msgprof.wal import (
+    ENTRY_HEADER_SIZE as WAL_ENTRY_HEADER_SIZE,
+    WAL_DIR,
+    UnsupportedWal,
+    WalEntry,
+    WriteAheadLog,
+    entry_header,
+    parse_wal,
+    read_wal,
+    wal_files,
+)
 
 __all__ = [
     "ACK_MODES",
@@ -59,6 +75,9 @@ SYNC_METHODS = ("auto", "fdatasync", "syncfs")
 SYNCFS_MIN_FILES = 3
 #: syncfs(2) reports write-back errors (errseq on the superblock) only from Linux 5.8 on.
 SYNCFS_MIN_KERNEL = (5, 8)
+#: write mode: how often logged records move into the segment files. Longer batches more
+#: records per segment write() (the point of the log); the log holds this much traffic.
+WAL_FLUSH_INTERVAL_MS = 100.0
 _log = logging.getLogger(__name__)
 
 #: Segment file header: magic | version u16 | header_size u16 | client_id u32 | first_seq u64 |
@@ -86,7 +105,7 @@ _CRC = struct.Struct("<I")
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 _CLIENT_NAME = re.compile(r"^[1-9]\d{0,9}$")
 _KNOWN_CLIENT_FILES = frozenset({COMMITTED_NAME, COMMITTED_NAME + ".tmp"})
-_KNOWN_ROOT_NAMES = frozenset({LOCK_NAME, QUARANTINE_NAME})
+_KNOWN_ROOT_NAMES = frozenset({LOCK_NAME, QUARANTINE_NAME, WAL_DIR})
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _OPEN_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC
 _OPEN_NEW = _OPEN_APPEND | os.O_CREAT | os.O_EXCL
@@ -212,12 +231,14 @@ class _Walk:
     """Iterate the intact records of a segment body; afterwards `end` and `reason` say where
     and why the walk stopped (`reason` None: clean end of data)."""
 
-    __slots__ = ("buf", "end", "reason", "seq")
+    __slots__ = ("buf", "end", "reason", "seq", "start")
 
-    def __init__(self, buf: memoryview, expected_seq: int) -> None:
+    def __init__(
+        self, buf: memoryview, expected_seq: int, start: int = SEGMENT_HEADER_SIZE
+    ) -> None:
         self.buf = buf
         self.seq = expected_seq  # seq the next record must carry
-        self.end = SEGMENT_HEADER_SIZE
+        self.end = self.start = start
         self.reason: str | None = None
 
     def to_end(self) -> "_Walk":
@@ -227,7 +248,7 @@ class _Walk:
         return self
 
     def __iter__(self) -> Iterator[tuple[int, int, memoryview]]:
-        buf, size, pos, seq = self.buf, len(self.buf), SEGMENT_HEADER_SIZE, self.seq
+        buf, size, pos, seq = self.buf, len(self.buf), self.start, self.seq
         unpack, crc32 = RECORD_HEADER.unpack_from, zlib.crc32
         while pos < size:
             if size - pos < RECORD_HEADER_SIZE:
@@ -486,6 +507,7 @@ class QueueStore:
                 "handle_evictions",
                 "rolled_back_records",
                 "segments_created",
+                "wal_replayed_records",
             ),
             0,
         )
@@ -515,9 +537,22 @@ class QueueStore:
         self._sync_pool: ThreadPoolExecutor | None = None
         if self._durable and sync_threads > 1:
             self._sync_pool = ThreadPoolExecutor(sync_threads, "msgprof-store-sync")
-        self._stop = threading.Event()
+        self._wal: WriteAheadLog | None = None
         self._flusher: threading.Thread | None = None
-        if ack_after == "buffer":
+        try:
+            self._replay_wal()
+            if ack_after == "write":
+                self._wal = WriteAheadLog(self.root / WAL_DIR)
+                self._flush_interval = WAL_FLUSH_INTERVAL_MS / 1000.0
+        except OSError as exc:
+            self._release_all()
+            what = f"opening the write-ahead log of {self.root}"
+            raise StoreError.from_oserror(exc, what) from exc
+        except BaseException:
+            self._release_all()
+            raise
+        self._stop = threading.Event()
+        if ack_after in ("buffer", "write"):
             self._flusher = threading.Thread(
                 target=self._flusher_loop, name="msgprof-store-flusher", daemon=True
             )
@@ -609,6 +644,85 @@ class QueueStore:
                 self._move_aside(st, segments[index + 1 :], cuts)
                 return
 
+    def _replay_wal(self) -> None:
+        """Move what the write-ahead log still holds (a server killed in write mode) into the
+        segment files, sync them, then delete the log. Records already in a segment are
+        skipped; a record that would leave a gap is not replayed (it is reported as a cut).
+        Raises StoreError if the records cannot be written: the log stays for the next try."""
+        files = wal_files(self.root / WAL_DIR)
+        if not files:
+            return
+        batch: dict[int, tuple[_Client, list[bytes], int]] = {}  # parts: header, payload, ...
+        stopped: set[int] = set()  # clients with a gap: nothing more of theirs is replayed
+        for _number, path in files:
+            try:
+                contents = read_wal(path)
+            except UnsupportedWal as exc:
+                raise StorageFailure(f"{exc}; not opened") from None
+            if contents.reason is not None:
+                cut = contents.size - contents.end
+                self.recovery.append(RecoveryCut(None, path, contents.end, cut, contents.reason))
+            for entry in contents.entries:
+                self._replay_entry(path, entry, batch, stopped)
+        replayed = list(batch.values())
+        failures, _ = self._persist_in_segments(
+            [(st, parts, first, sum(map(len, parts))) for st, parts, first in replayed]
+        )
+        if failures:
+            first = next(iter(failures.values()))
+            raise type(first)(f"replaying the write-ahead log: {first}", errno_=first.errno)
+        self.flush()
+        replayed_records = sum(st.last_seq - first + 1 for st, _, first in replayed)
+        self._counts["wal_replayed_records"] = replayed_records
+        for _number, path in files:
+            os.unlink(path)
+        _fsync_dir(self.root / WAL_DIR)
+        _log.info(
+            "%s: replayed %d records of %d clients from %d write-ahead log file(s)",
+            self.root,
+            self._counts["wal_replayed_records"],
+            len(replayed),
+            len(files),
+        )
+
+    def _replay_entry(
+        self,
+        path: Path,
+        entry: WalEntry,
+        batch: dict[int, tuple[_Client, list[bytes], int]],
+        stopped: set[int],
+    ) -> None:
+        """Add the records of one log entry that continue their client's sequence to `batch`."""
+        cid = entry.client_id
+        if cid in stopped:
+            return
+        body = entry.body
+        if not 0 < cid <= MAX_CLIENT_ID or len(body) < RECORD_HEADER_SIZE:
+            self.recovery.append(RecoveryCut(None, path, entry.offset, len(body), "bad_entry"))
+            return
+        st = self._clients.get(cid)
+        if st is None:  # no segment yet (a directory may exist)
+            st = self._new_client(cid)
+            st.has_dir = st.dir.is_dir()
+        walk = _Walk(body, RECORD_HEADER.unpack_from(body)[2], start=0)
+        for offset, seq, payload in walk:
+            if seq <= st.last_seq:
+                continue  # in a segment already
+            if seq != st.last_seq + 1:
+                detail = f"seq {st.last_seq + 1}..{seq - 1} missing"
+                cut = RecoveryCut(cid, path, entry.offset, len(body), "wal_gap", detail)
+                self.recovery.append(cut)
+                stopped.add(cid)
+                return
+            if cid not in batch:
+                batch[cid] = (st, [], seq)
+            header = bytes(body[offset : offset + RECORD_HEADER_SIZE])
+            batch[cid][1].extend((header, bytes(payload)))
+            st.last_seq = seq
+        if walk.reason is not None:
+            self.recovery.append(RecoveryCut(cid, path, entry.offset, len(body), walk.reason))
+            stopped.add(cid)
+
     def _move_aside(
         self, st: _Client, later: list[tuple[int, Path]], cuts: list[RecoveryCut]
     ) -> None:
@@ -683,7 +797,7 @@ class QueueStore:
         self._counts["commits"] += 1
         if not dirty:
             return {}
-        if self.ack_after == "buffer":
+        if self._flusher is not None:  # buffer mode, or write mode through the log
             return self._commit_buffer(dirty)
         with self._io_lock:
             failures = self._persist_batch([(st, st.pending, st.pending_first) for st in dirty])
@@ -708,15 +822,26 @@ class QueueStore:
         return failures
 
     def _commit_buffer(self, dirty: list[_Client]) -> dict[int, StoreError]:
+        """Hand the records to the flusher; in write mode after logging them (one write())."""
         incoming = sum(st.pending_bytes for st in dirty)
         if self._buffered_bytes + incoming > self._max_buffer:
             self._flush_buffered()  # backpressure: write before accepting more
+        elif any(st.error is not None and not st.poisoned for st in dirty):
+            self._flush_buffered()  # retry the refused client now: the disk may have room again
         failures: dict[int, StoreError] = {}
         with self._lock:
+            accepted = []
             for st in dirty:
                 if st.error is not None:
                     failures[st.cid] = st.error
-                    continue
+                else:
+                    accepted.append(st)
+            if self._wal is not None and accepted:
+                err = self._log(accepted)
+                if err is not None:
+                    failures.update((st.cid, _client_error(err, st.cid)) for st in accepted)
+                    accepted = []
+            for st in accepted:
                 if not st.buffered:
                     st.buffered_first = st.pending_first
                     self._buffered[st.cid] = st
@@ -724,6 +849,18 @@ class QueueStore:
                 st.buffered_bytes += st.pending_bytes
                 self._buffered_bytes += st.pending_bytes
         return self._settle(dirty, failures)
+
+    def _log(self, clients: list[_Client]) -> StoreError | None:
+        """Append the clients' pending records to the write-ahead log with one write()."""
+        parts: list[bytes] = []
+        for st in clients:
+            parts.append(entry_header(st.cid, st.pending_bytes))
+            parts += st.pending
+        try:
+            self._wal.append(b"".join(parts))  # type: ignore[union-attr]
+        except OSError as exc:
+            return self._failed(exc, "writing the write-ahead log")
+        return None
 
     # -------------------------------------------------------------------------------- files
 
@@ -996,8 +1133,11 @@ class QueueStore:
                     _log.exception("background flush failed")
 
     def _flush_buffered(self) -> dict[int, StoreError]:
-        """Write and fdatasync all buffered records. A client whose write fails keeps its data
-        buffered (retried next time) and gets a sticky error that refuses its new appends."""
+        """Write (and in buffer mode fdatasync) all buffered records. A client whose write
+        fails keeps its data buffered (retried next time) and gets a sticky error that refuses
+        its new appends. In write mode the log is rotated with the same lock held, so the
+        retired log files hold exactly what this flush takes: they are deleted once all of it,
+        and whatever earlier flushes failed to write, is in the segments."""
         with self._io_lock:
             with self._lock:
                 taken = [
@@ -1007,23 +1147,78 @@ class QueueStore:
                 self._buffered = {}
                 for st, *_ in taken:
                     st.buffered, st.buffered_bytes = [], 0
-            failures = self._persist_batch([(st, parts, first) for st, parts, first, _ in taken])
+                if self._wal is not None:
+                    self._wal.rotate()
+            failures, unwritten = self._persist_in_segments(taken)
+            if self._wal is not None and not failures:
+                self._wal.release()
             with self._lock:
-                for st, parts, first, nbytes in taken:
+                for st, _parts, _first, nbytes in taken:
                     err = failures.get(st.cid)
                     if err is None:
                         self._buffered_bytes -= nbytes
                         if not st.poisoned:
                             st.error = None
                         continue
+                    parts, first, left = unwritten[st.cid]
+                    self._buffered_bytes -= nbytes - left
                     if st.buffered:  # committed meanwhile: keep the order
                         parts = parts + st.buffered
                     else:
                         self._buffered[st.cid] = st
                     st.buffered, st.buffered_first = parts, first
-                    st.buffered_bytes += nbytes
+                    st.buffered_bytes += left
                     st.error = err
         return failures
+
+    def _persist_in_segments(
+        self, taken: list[tuple[_Client, list[bytes], int, int]]
+    ) -> tuple[dict[int, StoreError], dict[int, tuple[list[bytes], int, int]]]:
+        """`_persist_batch` for many records per client (`parts`: header, payload, ...): a
+        client's records are split where its segment fills, as if they had come one commit
+        each, and written in rounds of one piece per client. Returns the failed clients and,
+        for each, what was not written (parts, first seq, bytes). Caller holds _io_lock."""
+        pieces = {
+            st.cid: self._segment_pieces(st, parts, first, nbytes)
+            for st, parts, first, nbytes in taken
+        }
+        failures: dict[int, StoreError] = {}
+        unwritten: dict[int, tuple[list[bytes], int, int]] = {}
+        for depth in range(max((len(p) for p in pieces.values()), default=0)):
+            batch = [
+                (st, *pieces[st.cid][depth][:2])
+                for st, *_ in taken
+                if st.cid not in failures and depth < len(pieces[st.cid])
+            ]
+            for cid, err in self._persist_batch(batch).items():
+                failures[cid] = err
+                rest = pieces[cid][depth:]
+                left = [part for piece in rest for part in piece[0]]
+                unwritten[cid] = (left, rest[0][1], sum(piece[2] for piece in rest))
+        return failures, unwritten
+
+    def _segment_pieces(
+        self, st: _Client, parts: list[bytes], first: int, nbytes: int
+    ) -> list[tuple[list[bytes], int, int]]:
+        """Split a client's records (parts, first seq, bytes) where a segment reaches
+        segment_bytes: a record goes into the current segment while that is not full."""
+        limit = self._segment_bytes
+        if st.seg_path is not None and st.seg_size + nbytes <= limit:
+            return [(parts, first, nbytes)]
+        in_current = st.seg_path is not None and st.seg_size < limit
+        size = st.seg_size if in_current else SEGMENT_HEADER_SIZE
+        pieces = []
+        start, start_seq, piece_bytes = 0, first, 0
+        for i in range(0, len(parts), 2):
+            if size >= limit and i > start:
+                pieces.append((parts[start:i], start_seq, piece_bytes))
+                start, start_seq, piece_bytes = i, first + i // 2, 0
+                size = SEGMENT_HEADER_SIZE
+            record = len(parts[i]) + len(parts[i + 1])
+            size += record
+            piece_bytes += record
+        pieces.append((parts[start:], start_seq, piece_bytes))
+        return pieces
 
     def flush(self) -> None:
         """Write and sync everything committed but not yet durable.
@@ -1032,7 +1227,7 @@ class QueueStore:
         Raises a StoreError summarising the failures after trying every file.
         """
         failures: dict[int, StoreError] = {}
-        if self.ack_after == "buffer":
+        if self._flusher is not None:
             failures.update(self._flush_buffered())
         with self._io_lock:
             # write mode: files written and never synced, open ones and closed ones
@@ -1106,16 +1301,26 @@ class QueueStore:
         self._dirty = []
         try:
             self.flush()
+            if self._wal is not None:  # every logged record is in its segment, synced
+                self._wal.close(remove=True)
+                _fsync_dir(self._wal.dir)
         finally:
-            if self._sync_pool is not None:
-                self._sync_pool.shutdown()
-            with self._io_lock:
-                while self._fds:
-                    _, fd = self._fds.popitem()
-                    os.close(fd)
-            if self._root_fd >= 0:
-                os.close(self._root_fd)
-            os.close(self._lock_fd)
+            self._release_all()
+
+    def _release_all(self) -> None:
+        """Close every descriptor the store holds (the log's files stay for the next open)."""
+        if self._sync_pool is not None:
+            self._sync_pool.shutdown()
+        if self._wal is not None:
+            self._wal.close(remove=False)
+        with self._io_lock:
+            while self._fds:
+                _, fd = self._fds.popitem()
+                os.close(fd)
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+        os.close(self._lock_fd)
 
     def __enter__(self) -> Self:
         return self
@@ -1133,6 +1338,8 @@ class QueueStore:
             open_handles=len(self._fds),
             flush_errors=dict(self._flush_errors),
             recovery_cuts=len(self.recovery),
+            wal_bytes=self._wal.bytes_written if self._wal is not None else 0,
+            wal_files=self._wal.files_started if self._wal is not None else 0,
             buffered_bytes=self._buffered_bytes,
             poisoned_clients=sum(st.poisoned for st in list(self._clients.values())),
             disk_bytes=self._disk_bytes,
@@ -1169,18 +1376,43 @@ def _summary(errors: list[StoreError], failures: dict[int, StoreError], what: st
 # --------------------------------------------------------------------------------------- reader
 
 
+def _logged_records(f, path: Path, client_id: int, last: int) -> Iterator[Record]:
+    """The client's records in one open log file that continue the sequence after `last`."""
+    buf = memoryview(f.read())
+    for entry in parse_wal(buf, path).entries:
+        if entry.client_id != client_id or len(entry.body) < RECORD_HEADER_SIZE:
+            continue
+        base = entry.offset + WAL_ENTRY_HEADER_SIZE
+        for offset, seq, payload in _Walk(entry.body, RECORD_HEADER.unpack_from(entry.body)[2], 0):
+            if seq > last:
+                if seq != last + 1:
+                    return
+                last = seq
+                yield Record(seq, bytes(payload), path, base + offset)
+
+
 class QueueReader:
     """Read a store's directory: verify what was stored, consume it, free consumed segments.
 
     Safe beside a running store (one writer): a record the store is still writing at the end
     of a client's newest segment is not returned yet. Damage anywhere else raises CorruptData.
+    Records still in the write-ahead log (write mode: not yet moved into their segment, or a
+    store that was killed or could not finish its last flush) are returned after the
+    segments' ones: they are stored, and the next open of the store moves them.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
     def client_ids(self) -> list[int]:
-        return _client_dirs(self.root)[0]
+        """Clients with a queue directory or records in the write-ahead log, sorted."""
+        ids = set(_client_dirs(self.root)[0])
+        for _number, path in wal_files(self.root / WAL_DIR):
+            try:
+                ids.update(entry.client_id for entry in read_wal(path).entries)
+            except FileNotFoundError:
+                continue  # moved into the segments meanwhile
+        return sorted(ids)
 
     def _dir(self, client_id: int) -> Path:
         return self.root / str(_check_client_id(client_id))
@@ -1189,6 +1421,28 @@ class QueueReader:
         """The client's records with seq > after_seq (default: the committed offset), in order."""
         if after_seq is None:
             after_seq = self.committed(client_id)
+        # The log files are opened first: one the store deletes meanwhile (its records moved
+        # into a segment after that segment was read here) can still be read.
+        logs = []
+        try:
+            for _number, path in wal_files(self.root / WAL_DIR):
+                try:
+                    logs.append((path, open(path, "rb")))  # noqa: SIM115 - closed below
+                except FileNotFoundError:
+                    continue
+            last = after_seq
+            for record in self._segment_records(client_id, after_seq):
+                last = record.seq
+                yield record
+            for path, f in logs:
+                for record in _logged_records(f, path, client_id, last):
+                    last = record.seq
+                    yield record
+        finally:
+            for _path, f in logs:
+                f.close()
+
+    def _segment_records(self, client_id: int, after_seq: int) -> Iterator[Record]:
         segments, _ = _segments(self._dir(client_id))
         for index, (first, path) in enumerate(segments):
             newest = index == len(segments) - 1

@@ -1,0 +1,215 @@
+"""The write-ahead log of `ack_after: write`: one write() per commit for all of its clients.
+
+Appending each client's records to its own segment file costs one write() per client per
+commit; in a closed loop of many clients that is one system call, with an inode timestamp
+update, per message. In `write` mode the store instead appends a commit's records of every
+client to this log with one write(), acknowledges them, and moves them into the segment files
+in the background, many records per file at a time. A killed server loses nothing: the
+records reached the OS either way, and opening the store replays what the log still holds.
+
+Layout: ``root/.wal/<number as 20 digits>.wal``. A log file is a 20-byte header (magic "MPWL",
+version u16, header size u16, number u64, crc32 of the preceding 16 bytes u32) and entries:
+``client_id u64 | body_len u32 | crc32 of the preceding 12 bytes u32 | body``, the body being
+that client's records in the segment record format (each with its own checksum).
+A new file is started (rotated) each time the store moves the logged records into their
+segments; files whose records all reached the segments are deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import struct
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+WAL_DIR = ".wal"
+WAL_MAGIC = b"MPWL"
+WAL_VERSION = 1
+WAL_HEADER = struct.Struct("<4sHHQI")
+WAL_HEADER_SIZE = WAL_HEADER.size  # 20
+ENTRY_HEAD = struct.Struct("<QI")
+ENTRY_HEADER_SIZE = ENTRY_HEAD.size + 4  # 16
+_CRC = struct.Struct("<I")
+_NAME = re.compile(r"^(\d{20})\.wal$")
+_OPEN_NEW = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+def wal_name(number: int) -> str:
+    return f"{number:020d}.wal"
+
+
+def wal_header(number: int) -> bytes:
+    head = WAL_HEADER.pack(WAL_MAGIC, WAL_VERSION, WAL_HEADER_SIZE, number, 0)[:16]
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def entry_header(client_id: int, body_len: int) -> bytes:
+    """The 16-byte header of one client's entry."""
+    head = ENTRY_HEAD.pack(client_id, body_len)
+    return head + _CRC.pack(zlib.crc32(head))
+
+
+def wal_files(directory: Path) -> list[tuple[int, Path]]:
+    """(number, path) of the log files in `directory`, oldest first; [] if there is none."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    found = [(int(m.group(1)), directory / name) for name in names if (m := _NAME.match(name))]
+    return sorted(found)
+
+
+class WalEntry(NamedTuple):
+    client_id: int
+    body: memoryview  # the client's records, segment record format
+    offset: int  # of the entry header in the file
+
+
+class WalContents(NamedTuple):
+    """What `read_wal` found: the intact entries, and where and why reading stopped early
+    (`reason` None: the file ends cleanly; `end` is then its size)."""
+
+    entries: list[WalEntry]
+    end: int
+    size: int
+    reason: str | None
+
+
+class UnsupportedWal(Exception):
+    """An intact log header of another format version: never cut or replayed, refused."""
+
+
+def read_wal(path: Path) -> WalContents:
+    """Parse one log file (see `parse_wal`)."""
+    with open(path, "rb") as f:
+        return parse_wal(memoryview(f.read()), path)
+
+
+def parse_wal(buf: memoryview, path: Path) -> WalContents:
+    """Parse the contents of one log file. A torn or damaged header or entry ends the file
+    there: what follows cannot be trusted (the file was being appended to when the server died)."""
+    size = len(buf)
+    if size == 0:  # created, never written
+        return WalContents([], 0, 0, None)
+    if size < WAL_HEADER_SIZE:
+        return WalContents([], 0, size, "torn_header")
+    magic, version, hsize, _number, crc = WAL_HEADER.unpack_from(buf)
+    if magic != WAL_MAGIC or crc != zlib.crc32(buf[:16]):
+        return WalContents([], 0, size, "bad_header")
+    if version != WAL_VERSION or hsize != WAL_HEADER_SIZE:
+        raise UnsupportedWal(f"{path}: write-ahead log version {version}, header size {hsize}")
+    entries: list[WalEntry] = []
+    pos = WAL_HEADER_SIZE
+    while pos < size:
+        if size - pos < ENTRY_HEADER_SIZE:
+            return WalContents(entries, pos, size, "incomplete_entry")
+        client_id, length = ENTRY_HEAD.unpack_from(buf, pos)
+        (crc,) = _CRC.unpack_from(buf, pos + ENTRY_HEAD.size)
+        if crc != zlib.crc32(buf[pos : pos + ENTRY_HEAD.size]):
+            return WalContents(entries, pos, size, "bad_entry_header")
+        body = pos + ENTRY_HEADER_SIZE
+        if length > size - body:
+            return WalContents(entries, pos, size, "incomplete_entry")
+        entries.append(WalEntry(client_id, buf[body : body + length], pos))
+        pos = body + length
+    return WalContents(entries, pos, size, None)
+
+
+class WriteAheadLog:
+    """Appends to the newest log file; `rotate` starts the next one, `release` deletes the
+    older ones. Not thread-safe: the store serialises calls. Errors are raised as OSError."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(exist_ok=True)
+        existing = wal_files(self.dir)
+        self._number = existing[-1][0] if existing else 0
+        self._fd = -1
+        self._path: Path | None = None
+        self._size = 0
+        self._retired: list[Path] = []
+        self._broken: OSError | None = None
+        self.bytes_written = 0
+        self.files_started = 0
+        self._start()
+
+    def _start(self) -> None:
+        """Create the next file; its header goes out with the first append."""
+        self._number += 1
+        path = self.dir / wal_name(self._number)
+        fd = os.open(path, _OPEN_NEW, 0o644)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._retired.append(self._path)  # type: ignore[arg-type]
+        self._fd, self._path, self._size = fd, path, 0
+        self.files_started += 1
+
+    def append(self, data: bytes) -> None:
+        """Append `data` (whole entries) with one write(). On failure the file is cut back to
+        where it was, so no torn entry is left for later appends to follow; if even that
+        fails the log goes on in a new file, and if that fails too it refuses every append."""
+        if self._broken is not None:
+            code = self._broken.errno or errno.EIO
+            raise OSError(code, f"write-ahead log unusable: {self._broken}")
+        if self._size == 0:
+            data = wal_header(self._number) + data
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):  # a short write: the rest does not fit
+                what = f"short write to {self._path} ({written} of {len(data)} bytes)"
+                raise OSError(errno.ENOSPC, what)
+        except OSError:
+            self._cut_back()
+            raise
+        self._size += len(data)
+        self.bytes_written += len(data)
+
+    def _cut_back(self) -> None:
+        try:
+            os.ftruncate(self._fd, self._size)
+            return
+        except OSError:
+            pass
+        try:
+            self._start()
+        except OSError as exc:
+            self._broken = exc
+
+    def rotate(self) -> None:
+        """Start a new file (when the current one holds anything): every record logged so far
+        is in the retired files, which `release` deletes once the store has them elsewhere."""
+        if self._size == 0 or self._broken is not None:
+            return
+        try:
+            self._start()
+        except OSError as exc:
+            self._broken = exc
+
+    def release(self) -> int:
+        """Delete the retired files; returns how many. A file that cannot be deleted stays
+        for the next call (replaying it again is harmless)."""
+        kept, deleted = [], 0
+        for path in self._retired:
+            try:
+                os.unlink(path)
+                deleted += 1
+            except FileNotFoundError:
+                deleted += 1
+            except OSError:
+                kept.append(path)
+        self._retired = kept
+        return deleted
+
+    def close(self, *, remove: bool) -> None:
+        """Close the current file; with `remove`, delete it and every retired file too (the
+        store has every record elsewhere, durably)."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            if self._path is not None:
+                self._retired.append(self._path)
+        if remove:
+            self.release()
