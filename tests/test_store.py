@@ -696,6 +696,34 @@ os._exit(0)
     assert not list((tmp_path / ".wal").glob("*.wal"))
 
 
+def test_a_torn_log_entry_is_cut_and_the_rest_replayed(tmp_path: Path) -> None:
+    """A commit's log write that was cut short (the server died in it) was never acknowledged:
+    recovery reports it and replays the complete entries before it."""
+    code = f"""
+import os
+from msgprof.store import QueueStore
+store = QueueStore({str(tmp_path)!r})
+for seq in (1, 2):
+    store.append(1, seq, b"a" * 40)
+    store.append(2, seq, b"b" * 40)
+    store.commit()
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    (path,) = (tmp_path / ".wal").glob("*.wal")
+    data = path.read_bytes()
+    entry = 12 + 2 * 8 + 2 * (RECORD_HEADER_SIZE + 40)  # fixed part, table, two bodies
+    assert len(data) == 20 + 2 * entry
+    path.write_bytes(data[:-7])  # the second commit's entry torn
+    with QueueStore(tmp_path) as store:
+        cuts = [(c.client_id, c.path, c.offset, c.bytes_cut, c.reason) for c in store.recovery]
+        assert cuts == [(None, path, 20 + entry, entry - 7, "incomplete_entry")]
+        assert store.last_seq(1) == store.last_seq(2) == 1
+        assert store.stats()["wal_replayed_records"] == 2
+    assert [r.payload for r in QueueReader(tmp_path).records(1, after_seq=0)] == [b"a" * 40]
+    assert not list((tmp_path / ".wal").glob("*.wal"))
+
+
 # ------------------------------------------------------------------------------------ reader
 
 

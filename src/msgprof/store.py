@@ -42,7 +42,6 @@ from typing import NamedTuple, Self
 
 from msgprof.protocol import MAX_CLIENT_ID, Status
 from msgprof.wal import (
-    ENTRY_HEADER_SIZE as WAL_ENTRY_HEADER_SIZE,
     WAL_DIR,
     UnsupportedWal,
     WalEntry,
@@ -490,6 +489,7 @@ class QueueStore:
         self._dirty: list[_Client] = []  # clients with appends since the last commit
         self._buffered: dict[int, _Client] = {}  # buffer mode: clients with buffered data
         self._buffered_bytes = 0
+        self._retry_refused = False  # a flush failed for a client that may succeed later
         self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._unsynced_paths: set[str] = set()  # write mode: closed files not yet synced
         self._unsynced_dirs: set[str] = set()  # directories with entries not yet synced
@@ -797,7 +797,9 @@ class QueueStore:
         self._counts["commits"] += 1
         if not dirty:
             return {}
-        if self._flusher is not None:  # buffer mode, or write mode through the log
+        if self._wal is not None:
+            return self._commit_logged(dirty)
+        if self._flusher is not None:
             return self._commit_buffer(dirty)
         with self._io_lock:
             failures = self._persist_batch([(st, st.pending, st.pending_first) for st in dirty])
@@ -822,45 +824,65 @@ class QueueStore:
         return failures
 
     def _commit_buffer(self, dirty: list[_Client]) -> dict[int, StoreError]:
-        """Hand the records to the flusher; in write mode after logging them (one write())."""
+        """buffer mode: hand the records to the flusher."""
         incoming = sum(st.pending_bytes for st in dirty)
-        if self._buffered_bytes + incoming > self._max_buffer:
-            self._flush_buffered()  # backpressure: write before accepting more
-        elif any(st.error is not None and not st.poisoned for st in dirty):
-            self._flush_buffered()  # retry the refused client now: the disk may have room again
+        if self._buffered_bytes + incoming > self._max_buffer or self._retry_refused:
+            self._flush_buffered()  # backpressure, or a retry: the disk may have room again
         failures: dict[int, StoreError] = {}
         with self._lock:
-            accepted = []
             for st in dirty:
                 if st.error is not None:
                     failures[st.cid] = st.error
-                else:
-                    accepted.append(st)
-            if self._wal is not None and accepted:
-                err = self._log(accepted)
-                if err is not None:
-                    failures.update((st.cid, _client_error(err, st.cid)) for st in accepted)
-                    accepted = []
-            for st in accepted:
-                if not st.buffered:
-                    st.buffered_first = st.pending_first
-                    self._buffered[st.cid] = st
-                st.buffered += st.pending
-                st.buffered_bytes += st.pending_bytes
-                self._buffered_bytes += st.pending_bytes
+                    continue
+                self._hand_over(st)
         return self._settle(dirty, failures)
 
-    def _log(self, clients: list[_Client]) -> StoreError | None:
-        """Append the clients' pending records to the write-ahead log with one write()."""
-        parts: list[bytes] = []
-        for st in clients:
-            parts.append(entry_header(st.cid, st.pending_bytes))
-            parts += st.pending
-        try:
-            self._wal.append(b"".join(parts))  # type: ignore[union-attr]
-        except OSError as exc:
-            return self._failed(exc, "writing the write-ahead log")
-        return None
+    def _hand_over(self, st: _Client) -> None:
+        """Move a client's pending records to the flusher's buffer. Caller holds _lock."""
+        if not st.buffered:
+            st.buffered_first = st.pending_first
+            self._buffered[st.cid] = st
+        st.buffered += st.pending
+        st.buffered_bytes += st.pending_bytes
+        self._buffered_bytes += st.pending_bytes
+
+    def _commit_logged(self, dirty: list[_Client]) -> dict[int, StoreError]:
+        """write mode: log the records of every client of the commit with one write(), then
+        hand them to the flusher. This runs once per server burst, so it makes one pass over
+        the clients before the write and one after, nothing more."""
+        if self._buffered_bytes > self._max_buffer or self._retry_refused:
+            self._flush_buffered()  # backpressure, or a retry: the disk may have room again
+        failures: dict[int, StoreError] = {}
+        table: list[int] = []
+        parts: list[bytes] = [b""]
+        nbytes = 0
+        with self._lock:
+            for st in dirty:
+                if st.error is not None:
+                    failures[st.cid] = st.error
+                    continue
+                table += (st.cid, st.pending_bytes)
+                parts += st.pending
+                nbytes += st.pending_bytes
+            accepted = [st for st in dirty if st.cid not in failures] if failures else dirty
+            if accepted:
+                parts[0] = entry_header(table, nbytes)
+                try:
+                    self._wal.append(b"".join(parts))  # type: ignore[union-attr]
+                except OSError as exc:
+                    err = self._failed(exc, "writing the write-ahead log")
+                    failures.update((st.cid, _client_error(err, st.cid)) for st in accepted)
+                    accepted = []
+            records = 0
+            for st in accepted:
+                self._hand_over(st)
+                records += st.last_seq - st.pending_first + 1
+                st.pending = []
+                st.pending_bytes = 0
+        self._counts["records"] += records
+        if failures:
+            self._settle([st for st in dirty if st.cid in failures], failures)
+        return failures
 
     # -------------------------------------------------------------------------------- files
 
@@ -1152,6 +1174,7 @@ class QueueStore:
             failures, unwritten = self._persist_in_segments(taken)
             if self._wal is not None and not failures:
                 self._wal.release()
+            self._retry_refused = any(not self._clients[cid].poisoned for cid in failures)
             with self._lock:
                 for st, _parts, _first, nbytes in taken:
                     err = failures.get(st.cid)
@@ -1382,13 +1405,13 @@ def _logged_records(f, path: Path, client_id: int, last: int) -> Iterator[Record
     for entry in parse_wal(buf, path).entries:
         if entry.client_id != client_id or len(entry.body) < RECORD_HEADER_SIZE:
             continue
-        base = entry.offset + WAL_ENTRY_HEADER_SIZE
-        for offset, seq, payload in _Walk(entry.body, RECORD_HEADER.unpack_from(entry.body)[2], 0):
+        first = RECORD_HEADER.unpack_from(entry.body)[2]
+        for offset, seq, payload in _Walk(entry.body, first, 0):
             if seq > last:
                 if seq != last + 1:
                     return
                 last = seq
-                yield Record(seq, bytes(payload), path, base + offset)
+                yield Record(seq, bytes(payload), path, entry.offset + offset)
 
 
 class QueueReader:

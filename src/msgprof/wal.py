@@ -8,9 +8,10 @@ in the background, many records per file at a time. A killed server loses nothin
 records reached the OS either way, and opening the store replays what the log still holds.
 
 Layout: ``root/.wal/<number as 20 digits>.wal``. A log file is a 20-byte header (magic "MPWL",
-version u16, header size u16, number u64, crc32 of the preceding 16 bytes u32) and entries:
-``client_id u64 | body_len u32 | crc32 of the preceding 12 bytes u32 | body``, the body being
-that client's records in the segment record format (each with its own checksum).
+version u16, header size u16, number u64, crc32 of the preceding 16 bytes u32) and one entry
+per commit: ``count u32 | bodies_len u32 | crc32 u32 | count x (client_id u32, body_len u32) |
+bodies``, the crc covering the first 8 bytes and the table, each body being one client's
+records in the segment record format (each with its own checksum).
 A new file is started (rotated) each time the store moves the logged records into their
 segments; files whose records all reached the segments are deleted.
 """
@@ -30,8 +31,8 @@ WAL_MAGIC = b"MPWL"
 WAL_VERSION = 1
 WAL_HEADER = struct.Struct("<4sHHQI")
 WAL_HEADER_SIZE = WAL_HEADER.size  # 20
-ENTRY_HEAD = struct.Struct("<QI")
-ENTRY_HEADER_SIZE = ENTRY_HEAD.size + 4  # 16
+ENTRY_HEAD = struct.Struct("<II")  # count, bodies_len; then crc32 u32 and the table
+ENTRY_FIXED_SIZE = ENTRY_HEAD.size + 4  # 12
 _CRC = struct.Struct("<I")
 _NAME = re.compile(r"^(\d{20})\.wal$")
 _OPEN_NEW = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -46,10 +47,12 @@ def wal_header(number: int) -> bytes:
     return head + _CRC.pack(zlib.crc32(head))
 
 
-def entry_header(client_id: int, body_len: int) -> bytes:
-    """The 16-byte header of one client's entry."""
-    head = ENTRY_HEAD.pack(client_id, body_len)
-    return head + _CRC.pack(zlib.crc32(head))
+def entry_header(table: list[int], bodies_len: int) -> bytes:
+    """The header of one commit's entry: `table` is client_id, body_len, client_id, ..."""
+    count = len(table) // 2
+    packed = struct.pack(f"<{len(table)}I", *table)
+    head = ENTRY_HEAD.pack(count, bodies_len)
+    return head + _CRC.pack(zlib.crc32(packed, zlib.crc32(head))) + packed
 
 
 def wal_files(directory: Path) -> list[tuple[int, Path]]:
@@ -63,9 +66,11 @@ def wal_files(directory: Path) -> list[tuple[int, Path]]:
 
 
 class WalEntry(NamedTuple):
+    """One client's records of one commit."""
+
     client_id: int
     body: memoryview  # the client's records, segment record format
-    offset: int  # of the entry header in the file
+    offset: int  # of the body in the file
 
 
 class WalContents(NamedTuple):
@@ -104,17 +109,24 @@ def parse_wal(buf: memoryview, path: Path) -> WalContents:
     entries: list[WalEntry] = []
     pos = WAL_HEADER_SIZE
     while pos < size:
-        if size - pos < ENTRY_HEADER_SIZE:
+        if size - pos < ENTRY_FIXED_SIZE:
             return WalContents(entries, pos, size, "incomplete_entry")
-        client_id, length = ENTRY_HEAD.unpack_from(buf, pos)
+        count, bodies_len = ENTRY_HEAD.unpack_from(buf, pos)
         (crc,) = _CRC.unpack_from(buf, pos + ENTRY_HEAD.size)
-        if crc != zlib.crc32(buf[pos : pos + ENTRY_HEAD.size]):
-            return WalContents(entries, pos, size, "bad_entry_header")
-        body = pos + ENTRY_HEADER_SIZE
-        if length > size - body:
+        table_at = pos + ENTRY_FIXED_SIZE
+        body = table_at + 8 * count
+        if body + bodies_len > size:  # a damaged count or length reads as one, too
             return WalContents(entries, pos, size, "incomplete_entry")
-        entries.append(WalEntry(client_id, buf[body : body + length], pos))
-        pos = body + length
+        table = buf[table_at:body]
+        if crc != zlib.crc32(table, zlib.crc32(buf[pos : pos + ENTRY_HEAD.size])):
+            return WalContents(entries, pos, size, "bad_entry_header")
+        lengths = struct.unpack_from(f"<{2 * count}I", table)
+        if sum(lengths[1::2]) != bodies_len:
+            return WalContents(entries, pos, size, "bad_entry_header")
+        for client_id, length in zip(lengths[0::2], lengths[1::2]):
+            entries.append(WalEntry(client_id, buf[body : body + length], body))
+            body += length
+        pos = body
     return WalContents(entries, pos, size, None)
 
 
