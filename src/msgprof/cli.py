@@ -69,7 +69,8 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
         "--flush-interval-ms",
         type=_positive_float,
         default=defaults.flush_interval_ms,
-        help="background flush interval in milliseconds (lazy flushing). Default: %(default)s",
+        help="buffer mode: how often the background flusher writes and syncs, in milliseconds "
+        "(write mode moves its logged records every 100 ms). Default: %(default)s",
     )
     p.add_argument(
         "--backlog",
