@@ -182,13 +182,11 @@ class WriteAheadLog:
     def _cut_back(self) -> None:
         try:
             os.ftruncate(self._fd, self._size)
-            return
         except OSError:
-            pass
-        try:
-            self._start()
-        except OSError as exc:
-            self._broken = exc
+            try:
+                self._start()
+            except OSError as exc:
+                self._broken = exc
 
     def rotate(self) -> None:
         """Start a new file (when the current one holds anything): every record logged so far
