@@ -478,7 +478,9 @@ class QueueStore:
         self._syncfs: Callable[[int], None] | None = None  # the hook; None: fdatasync only
         self._root_fd = -1  # syncfs is called on it (its errseq sample tracks what we saw)
         self._batch_syncfs = False  # the batch being written ends in one syncfs
-        self._flush_interval = flush_interval_ms / 1000.0
+        # the flusher's period: buffer mode's option; write mode moves its log at a fixed pace
+        interval_ms = WAL_FLUSH_INTERVAL_MS if ack_after == "write" else flush_interval_ms
+        self._flush_interval = interval_ms / 1000.0
         self._max_open = max_open_files
         self._segment_bytes = segment_bytes
         self._max_buffer = max_buffer_bytes
@@ -543,7 +545,6 @@ class QueueStore:
             self._replay_wal()
             if ack_after == "write":
                 self._wal = WriteAheadLog(self.root / WAL_DIR)
-                self._flush_interval = WAL_FLUSH_INTERVAL_MS / 1000.0
         except OSError as exc:
             self._release_all()
             what = f"opening the write-ahead log of {self.root}"
@@ -697,14 +698,14 @@ class QueueStore:
         if cid in stopped:
             return
         body = entry.body
-        if not 0 < cid <= MAX_CLIENT_ID or len(body) < RECORD_HEADER_SIZE:
+        walk = _entry_walk(body)
+        if walk is None or not 0 < cid <= MAX_CLIENT_ID:
             self.recovery.append(RecoveryCut(None, path, entry.offset, len(body), "bad_entry"))
             return
         st = self._clients.get(cid)
         if st is None:  # no segment yet (a directory may exist)
             st = self._new_client(cid)
             st.has_dir = st.dir.is_dir()
-        walk = _Walk(body, RECORD_HEADER.unpack_from(body)[2], start=0)
         for offset, seq, payload in walk:
             if seq <= st.last_seq:
                 continue  # in a segment already
@@ -1399,14 +1400,22 @@ def _summary(errors: list[StoreError], failures: dict[int, StoreError], what: st
 # --------------------------------------------------------------------------------------- reader
 
 
+def _entry_walk(body: memoryview) -> _Walk | None:
+    """A walk over the records of one write-ahead log entry's body, which start at whatever
+    seq the first one carries; None if the body cannot hold a record."""
+    if len(body) < RECORD_HEADER_SIZE:
+        return None
+    return _Walk(body, RECORD_HEADER.unpack_from(body)[2], start=0)
+
+
 def _logged_records(f, path: Path, client_id: int, last: int) -> Iterator[Record]:
     """The client's records in one open log file that continue the sequence after `last`."""
     buf = memoryview(f.read())
     for entry in parse_wal(buf, path).entries:
-        if entry.client_id != client_id or len(entry.body) < RECORD_HEADER_SIZE:
+        walk = _entry_walk(entry.body) if entry.client_id == client_id else None
+        if walk is None:
             continue
-        first = RECORD_HEADER.unpack_from(entry.body)[2]
-        for offset, seq, payload in _Walk(entry.body, first, 0):
+        for offset, seq, payload in walk:
             if seq > last:
                 if seq != last + 1:
                     return
