@@ -61,6 +61,18 @@ def reopen_and_extend(root: Path, cid: int, last: int, upto: int, **options) -> 
     assert stored(root, cid)[-(upto - last) :] == list(range(last + 1, upto + 1))
 
 
+def failing_on(path: Path | str, real):
+    """A stand-in for `real` (os.write, os.fdatasync) that fails with EIO on descriptors of
+    `path` and calls `real` for every other file."""
+
+    def call(fd: int, *args):
+        if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, *args)
+
+    return call
+
+
 def segments(root: Path, cid: int) -> list[Path]:
     return sorted((root / str(cid)).glob("*.seg"))
 
@@ -579,13 +591,7 @@ def test_failed_fdatasync_rolls_back(
     path = segments(tmp_path, 1)[0]
     size = path.stat().st_size
     real = os.fdatasync
-
-    def failing(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}") == str(path):
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fdatasync", failing)
+    monkeypatch.setattr(os, "fdatasync", failing_on(path, real))
     for cid in (1, 2):
         store.append(cid, 4, payload(cid, 4))
     failures = store.commit()
@@ -607,18 +613,12 @@ def test_client_is_poisoned_when_a_failed_write_cannot_be_undone(
     store = QueueStore(tmp_path, ack_after="fsync")  # its commits write the segments themselves
     fill(store, 1, 2)
     fill(store, 2, 2)
-    path = str(segments(tmp_path, 1)[0])
-    real_write = os.write
-
-    def failing_write(fd: int, data: bytes) -> int:
-        if os.readlink(f"/proc/self/fd/{fd}") == path:
-            raise OSError(errno.EIO, "Input/output error")
-        return real_write(fd, data)
+    path = segments(tmp_path, 1)[0]
 
     def failing_truncate(fd: int, size: int) -> None:
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(os, "write", failing_write)
+    monkeypatch.setattr(os, "write", failing_on(path, os.write))
     monkeypatch.setattr(os, "ftruncate", failing_truncate)
     store.append(1, 3, b"x")
     assert isinstance(store.commit()[1], StorageFailure)
@@ -637,20 +637,12 @@ def test_write_mode_keeps_the_log_until_every_record_is_in_its_segment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A record acknowledged from the write-ahead log whose segment write fails stays in the
-    log (the client refuses new records meanwhile); the next open replays it."""
+    log (the client refuses new records meanwhile) until a later flush writes it."""
     store = QueueStore(tmp_path)
     fill(store, 1, 2)
     fill(store, 2, 2)
     store.flush()
-    path = str(segments(tmp_path, 1)[0])
-    real_write = os.write
-
-    def failing_write(fd: int, data: bytes) -> int:
-        if os.readlink(f"/proc/self/fd/{fd}") == path:
-            raise OSError(errno.EIO, "Input/output error")
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, "write", failing_write)
+    monkeypatch.setattr(os, "write", failing_on(segments(tmp_path, 1)[0], os.write))
     fill(store, 1, 3)  # logged and acknowledged
     fill(store, 2, 3)
     with pytest.raises(StorageFailure):
