@@ -681,7 +681,7 @@ class QueueStore:
         _log.info(
             "%s: replayed %d records of %d clients from %d write-ahead log file(s)",
             self.root,
-            self._counts["wal_replayed_records"],
+            replayed_records,
             len(replayed),
             len(files),
         )

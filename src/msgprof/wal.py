@@ -198,20 +198,16 @@ class WriteAheadLog:
         except OSError as exc:
             self._broken = exc
 
-    def release(self) -> int:
-        """Delete the retired files; returns how many. A file that cannot be deleted stays
-        for the next call (replaying it again is harmless)."""
-        kept, deleted = [], 0
+    def release(self) -> None:
+        """Delete the retired files. A file that cannot be deleted stays for the next call
+        (replaying it again is harmless)."""
+        kept = []
         for path in self._retired:
             try:
-                os.unlink(path)
-                deleted += 1
-            except FileNotFoundError:
-                deleted += 1
+                path.unlink(missing_ok=True)
             except OSError:
                 kept.append(path)
         self._retired = kept
-        return deleted
 
     def close(self, *, remove: bool) -> None:
         """Close the current file; with `remove`, delete it and every retired file too (the
