@@ -8,7 +8,6 @@ record stored under the wrong client or sequence number fails the check too.
 from __future__ import annotations
 
 import struct
-import zlib
 
 _STAMP = struct.Struct("!IQ")
 
@@ -20,7 +19,3 @@ def payload_for(client_id: int, seq: int, size: int) -> bytes:
     stamp = _STAMP.pack(client_id, seq)
     return (stamp * (size // _STAMP.size + 1))[:size]
 
-
-def payload_crc(client_id: int, seq: int, size: int) -> int:
-    """CRC32 of the expected payload (what the verifier compares against)."""
-    return zlib.crc32(payload_for(client_id, seq, size))

@@ -33,13 +33,13 @@ import platform
 import re
 import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Self
 
+from msgprof.checksum import crc32
 from msgprof.protocol import MAX_CLIENT_ID, Status
 from msgprof.wal import (
     WAL_DIR,
@@ -191,12 +191,12 @@ def segment_header(client_id: int, first_seq: int) -> bytes:
 
 def _sealed(head: bytes) -> bytes:
     """`head` followed by its CRC-32 as u32 little-endian (segment header, committed file)."""
-    return head + _CRC.pack(zlib.crc32(head))
+    return head + _CRC.pack(crc32(head))
 
 
 def encode_record(seq: int, payload: bytes) -> bytes:
     """One framed record (header and payload), as stored."""
-    crc = zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
+    crc = crc32(payload, crc32(_SEQ.pack(seq)))
     return RECORD_HEADER.pack(len(payload), crc, seq) + bytes(payload)
 
 
@@ -217,7 +217,7 @@ def _check_header(buf: memoryview, client_id: int, first_seq: int) -> str | None
     if len(buf) < SEGMENT_HEADER_SIZE:
         return "torn_header"
     magic, version, size, cid, first, crc = SEGMENT_HEADER.unpack_from(buf)
-    if magic != SEGMENT_MAGIC or crc != zlib.crc32(buf[:20]):
+    if magic != SEGMENT_MAGIC or crc != crc32(buf[:20]):
         return "bad_header"
     if version != SEGMENT_VERSION or size != SEGMENT_HEADER_SIZE:
         raise _UnsupportedVersion(f"segment format version {version}, header size {size}")
@@ -248,7 +248,7 @@ class _Walk:
 
     def __iter__(self) -> Iterator[tuple[int, int, memoryview]]:
         buf, size, pos, seq = self.buf, len(self.buf), self.start, self.seq
-        unpack, crc32 = RECORD_HEADER.unpack_from, zlib.crc32
+        unpack = RECORD_HEADER.unpack_from
         while pos < size:
             if size - pos < RECORD_HEADER_SIZE:
                 self.reason = "incomplete_record"
@@ -776,7 +776,7 @@ class QueueStore:
                 raise StorageFailure("store is closed")
             st.pending_first = seq
             self._dirty.append(st)
-        crc = zlib.crc32(payload, zlib.crc32(_SEQ.pack(seq)))
+        crc = crc32(payload, crc32(_SEQ.pack(seq)))
         st.pending += (RECORD_HEADER.pack(size, crc, seq), payload)
         st.pending_bytes += RECORD_HEADER_SIZE + size
         st.last_seq = seq
@@ -1506,7 +1506,7 @@ class QueueReader:
         if len(data) != COMMITTED.size:
             raise CorruptData(f"{path}: {len(data)} bytes, expected {COMMITTED.size}")
         magic, version, _, seq, crc = COMMITTED.unpack(data)
-        if magic != COMMITTED_MAGIC or crc != zlib.crc32(data[:16]):
+        if magic != COMMITTED_MAGIC or crc != crc32(data[:16]):
             raise CorruptData(f"{path}: bad magic or checksum")
         if version != COMMITTED_VERSION:
             raise CorruptData(f"{path}: unsupported version {version}")

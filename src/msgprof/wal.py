@@ -22,9 +22,10 @@ import errno
 import os
 import re
 import struct
-import zlib
 from pathlib import Path
 from typing import NamedTuple
+
+from msgprof.checksum import crc32
 
 WAL_DIR = ".wal"
 WAL_MAGIC = b"MPWL"
@@ -44,7 +45,7 @@ def wal_name(number: int) -> str:
 
 def wal_header(number: int) -> bytes:
     head = WAL_HEADER.pack(WAL_MAGIC, WAL_VERSION, WAL_HEADER_SIZE, number, 0)[:16]
-    return head + _CRC.pack(zlib.crc32(head))
+    return head + _CRC.pack(crc32(head))
 
 
 def entry_header(table: list[int], bodies_len: int) -> bytes:
@@ -52,7 +53,7 @@ def entry_header(table: list[int], bodies_len: int) -> bytes:
     count = len(table) // 2
     packed = struct.pack(f"<{len(table)}I", *table)
     head = ENTRY_HEAD.pack(count, bodies_len)
-    return head + _CRC.pack(zlib.crc32(packed, zlib.crc32(head))) + packed
+    return head + _CRC.pack(crc32(packed, crc32(head))) + packed
 
 
 def wal_files(directory: Path) -> list[tuple[int, Path]]:
@@ -102,7 +103,7 @@ def parse_wal(buf: memoryview, path: Path) -> WalContents:
     if size < WAL_HEADER_SIZE:
         return WalContents([], 0, size, "torn_header")
     magic, version, hsize, _number, crc = WAL_HEADER.unpack_from(buf)
-    if magic != WAL_MAGIC or crc != zlib.crc32(buf[:16]):
+    if magic != WAL_MAGIC or crc != crc32(buf[:16]):
         return WalContents([], 0, size, "bad_header")
     if version != WAL_VERSION or hsize != WAL_HEADER_SIZE:
         raise UnsupportedWal(f"{path}: write-ahead log version {version}, header size {hsize}")
@@ -118,7 +119,7 @@ def parse_wal(buf: memoryview, path: Path) -> WalContents:
         if body + bodies_len > size:  # a damaged count or length reads as one, too
             return WalContents(entries, pos, size, "incomplete_entry")
         table = buf[table_at:body]
-        if crc != zlib.crc32(table, zlib.crc32(buf[pos : pos + ENTRY_HEAD.size])):
+        if crc != crc32(table, crc32(buf[pos : pos + ENTRY_HEAD.size])):
             return WalContents(entries, pos, size, "bad_entry_header")
         lengths = struct.unpack_from(f"<{2 * count}I", table)
         if sum(lengths[1::2]) != bodies_len:
