@@ -31,6 +31,7 @@ from msgprof.store import (
     segment_header,
     segment_name,
 )
+from msgprof.wal import read_wal
 
 
 def payload(cid: int, seq: int, size: int = 40) -> bytes:
@@ -649,7 +650,10 @@ def test_write_mode_keeps_the_log_until_every_record_is_in_its_segment(
         store.flush()
     assert store.stats()["flush_errors"] == {"storage_error": 1}
     store.append(1, 4, payload(1, 4))
-    assert isinstance(store.commit()[1], StorageFailure)  # sticky until its records are written
+    store.append(2, 4, payload(2, 4))
+    failures = store.commit()  # client 1 sticky until its records are written; 2 goes on
+    assert list(failures) == [1] and isinstance(failures[1], StorageFailure)
+    assert (store.last_seq(1), store.last_seq(2)) == (3, 4)
     assert list((tmp_path / ".wal").glob("*.wal"))  # the log still holds seq 3 of client 1
     monkeypatch.undo()
     store.flush()  # the retry writes it, and the log files are released
@@ -657,7 +661,7 @@ def test_write_mode_keeps_the_log_until_every_record_is_in_its_segment(
     store.close()
     assert not list((tmp_path / ".wal").glob("*.wal"))
     assert stored(tmp_path, 1) == [1, 2, 3, 4]
-    assert stored(tmp_path, 2) == [1, 2, 3]
+    assert stored(tmp_path, 2) == [1, 2, 3, 4]
 
 
 def test_write_mode_replays_the_log_of_a_killed_store(tmp_path: Path) -> None:
@@ -686,6 +690,41 @@ os._exit(0)
     for cid in (1, 2):
         assert stored(tmp_path, cid) == list(range(1, 8))
     assert not list((tmp_path / ".wal").glob("*.wal"))
+
+
+def test_a_commit_with_several_records_of_a_client_keeps_their_order(tmp_path: Path) -> None:
+    """A commit's log entry has a row per record, a client's rows interleaved with others':
+    the background pass, the reader and the replay of a killed store all keep seq order."""
+    order = [(1, 1), (1, 2), (2, 1), (1, 3), (2, 2)]
+    with QueueStore(tmp_path / "live") as store:
+        for cid, seq in order:
+            store.append(cid, seq, payload(cid, seq))
+        assert store.commit() == {}
+        store.flush()  # the background pass, run now
+        assert store.stats()["records"] == 5
+    assert stored(tmp_path / "live", 1) == [1, 2, 3]
+    assert stored(tmp_path / "live", 2) == [1, 2]
+
+    root = tmp_path / "killed"
+    code = f"""
+import os
+from msgprof.store import QueueStore
+store = QueueStore({str(root)!r})
+for cid, seq in {order!r}:
+    store.append(cid, seq, ("{{}}:{{}}:".format(cid, seq).encode() * 40)[:40])
+store.commit()
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    (path,) = (root / ".wal").glob("*.wal")
+    assert [entry.client_id for entry in read_wal(path).entries] == [1, 1, 2, 1, 2]
+    assert stored(root, 1) == [1, 2, 3]  # read from the log
+    with QueueStore(root) as store:
+        assert store.recovery == []
+        assert store.stats()["wal_replayed_records"] == 5
+        assert (store.last_seq(1), store.last_seq(2)) == (3, 2)
+    assert stored(root, 1) == [1, 2, 3] and stored(root, 2) == [1, 2]
+    assert {r.path.suffix for r in QueueReader(root).records(1, after_seq=0)} == {".seg"}
 
 
 def test_a_torn_log_entry_is_cut_and_the_rest_replayed(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ QUARANTINE_NAME = ".quarantine"
 assert SEGMENT_HEADER_SIZE == 24 and RECORD_HEADER_SIZE == 16 and COMMITTED.size == 20
 
 _SEQ = struct.Struct("<Q")
+_pack_seq, _pack_record = _SEQ.pack, RECORD_HEADER.pack  # bound once: append runs per message
 _CRC = struct.Struct("<I")
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 _CLIENT_NAME = re.compile(r"^[1-9]\d{0,9}$")
@@ -389,8 +390,10 @@ def _check_client_id(client_id: int) -> int:
 
 
 class _Client:
-    """Per-client state. `last_seq`, `pending*` belong to the server thread; `buffered*` and
-    `error` are shared with the flusher (QueueStore._lock); file fields need QueueStore._io_lock."""
+    """Per-client state. `last_seq`, `pending*` belong to the server thread (`pending` and
+    `pending_bytes` stay empty in write mode, where records go straight into the commit's log
+    entry); `buffered*` and `error` are shared with the flusher (QueueStore._lock); file
+    fields need QueueStore._io_lock."""
 
     __slots__ = (
         "buffered",
@@ -419,9 +422,9 @@ class _Client:
         self.has_dir = False
         self.last_seq = 0
         self.pending: list[bytes] = []  # header, payload, header, payload, ... since last commit
-        self.pending_first = 0
+        self.pending_first = 0  # seq of the first record since the last commit
         self.pending_bytes = 0
-        self.buffered: list[bytes] = []  # buffer mode: acknowledged, not yet written
+        self.buffered: list[bytes] = []  # buffer/write mode: acknowledged, not yet in a segment
         self.buffered_first = 0
         self.buffered_bytes = 0
         self.error: StoreError | None = None  # sticky: new appends are refused while set
@@ -488,10 +491,17 @@ class QueueStore:
         self._lock = threading.Lock()  # buffered data and sticky errors (shared with flusher)
         self._io_lock = threading.Lock()  # file handles and writes; taken before _lock
         self._clients: dict[int, _Client] = {}
-        self._dirty: list[_Client] = []  # clients with appends since the last commit
-        self._buffered: dict[int, _Client] = {}  # buffer mode: clients with buffered data
+        self._dirty: dict[int, _Client] = {}  # clients with appends since the last commit
+        # write mode: the commit's log entry as append builds it (parts[0] is left for the
+        # entry's header; then header, payload, ... of each record) and its table (client_id,
+        # record bytes, ... per record); the logged commits the flusher has yet to take
+        self._entry: list[bytes] | None = [b""] if ack_after == "write" else None
+        self._table: list[int] = []
+        self._logged: list[tuple[list[int], list[bytes]]] = []
+        self._buffered: dict[int, _Client] = {}  # buffer/write mode: clients with buffered data
         self._buffered_bytes = 0
         self._retry_refused = False  # a flush failed for a client that may succeed later
+        self._refusing = False  # some client may have a sticky error (set with it)
         self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._unsynced_paths: set[str] = set()  # write mode: closed files not yet synced
         self._unsynced_dirs: set[str] = set()  # directories with entries not yet synced
@@ -762,7 +772,7 @@ class QueueStore:
         return 0 if st is None else st.last_seq
 
     def append(self, client_id: int, seq: int, payload: bytes) -> None:
-        """Buffer one record in memory; `commit` makes it count. No system calls."""
+        """Frame one record in memory; `commit` makes it count. No system calls."""
         st = self._clients.get(client_id)
         if st is None:
             st = self._new_client(client_id)
@@ -771,14 +781,20 @@ class QueueStore:
         size = len(payload)
         if size > MAX_PAYLOAD:
             raise ValueError(f"payload of {size} bytes exceeds {MAX_PAYLOAD}")
-        if not st.pending:
+        dirty = self._dirty
+        if client_id not in dirty:
             if self._closed:
                 raise StorageFailure("store is closed")
             st.pending_first = seq
-            self._dirty.append(st)
-        crc = crc32(payload, crc32(_SEQ.pack(seq)))
-        st.pending += (RECORD_HEADER.pack(size, crc, seq), payload)
-        st.pending_bytes += RECORD_HEADER_SIZE + size
+            dirty[client_id] = st
+        header = _pack_record(size, crc32(payload, crc32(_pack_seq(seq))), seq)
+        entry = self._entry
+        if entry is not None:  # write mode: straight into the commit's log entry
+            entry += (header, payload)
+            self._table += (client_id, RECORD_HEADER_SIZE + size)
+        else:
+            st.pending += (header, payload)
+            st.pending_bytes += RECORD_HEADER_SIZE + size
         st.last_seq = seq
 
     def _new_client(self, client_id: int) -> _Client:
@@ -794,12 +810,13 @@ class QueueStore:
         """
         if self._closed:
             raise StorageFailure("store is closed")
-        dirty, self._dirty = self._dirty, []
+        appended, self._dirty = self._dirty, {}
         self._counts["commits"] += 1
-        if not dirty:
+        if not appended:
             return {}
         if self._wal is not None:
-            return self._commit_logged(dirty)
+            return self._commit_logged(appended)
+        dirty = list(appended.values())
         if self._flusher is not None:
             return self._commit_buffer(dirty)
         with self._io_lock:
@@ -847,43 +864,53 @@ class QueueStore:
         st.buffered_bytes += st.pending_bytes
         self._buffered_bytes += st.pending_bytes
 
-    def _commit_logged(self, dirty: list[_Client]) -> dict[int, StoreError]:
-        """write mode: log the records of every client of the commit with one write(), then
-        hand them to the flusher. This runs once per server burst, so it makes one pass over
-        the clients before the write and one after, nothing more."""
+    def _commit_logged(self, appended: dict[int, _Client]) -> dict[int, StoreError]:
+        """write mode: log the commit's entry, which `append` built, with one write(), and
+        leave it to the flusher, which sorts the records into their clients' segments. Per
+        record this costs nothing beyond what `append` did: the hot path of the server."""
+        table, parts = self._table, self._entry
+        self._table, self._entry = [], [b""]
         if self._buffered_bytes > self._max_buffer or self._retry_refused:
             self._flush_buffered()  # backpressure, or a retry: the disk may have room again
         failures: dict[int, StoreError] = {}
-        table: list[int] = []
-        parts: list[bytes] = [b""]
-        nbytes = 0
         with self._lock:
-            for st in dirty:
-                if st.error is not None:
-                    failures[st.cid] = st.error
-                    continue
-                table += (st.cid, st.pending_bytes)
-                parts += st.pending
-                nbytes += st.pending_bytes
-            accepted = [st for st in dirty if st.cid not in failures] if failures else dirty
-            if accepted:
-                parts[0] = entry_header(table, nbytes)
+            if self._refusing:
+                failures = {c: st.error for c, st in appended.items() if st.error is not None}
+                if failures:
+                    table, parts = _entry_without(table, parts, failures)
+            if table:
+                nbytes = sum(table[1::2])
+                parts[0] = entry_header(table, nbytes)  # type: ignore[index]
                 try:
-                    self._wal.append(b"".join(parts))  # type: ignore[union-attr]
+                    self._wal.append(b"".join(parts))  # type: ignore[arg-type,union-attr]
                 except OSError as exc:
                     err = self._failed(exc, "writing the write-ahead log")
-                    failures.update((st.cid, _client_error(err, st.cid)) for st in accepted)
-                    accepted = []
-            records = 0
-            for st in accepted:
-                self._hand_over(st)
-                records += st.last_seq - st.pending_first + 1
-                st.pending = []
-                st.pending_bytes = 0
-        self._counts["records"] += records
+                    failures.update(
+                        (cid, _client_error(err, cid)) for cid in appended if cid not in failures
+                    )
+                else:
+                    self._logged.append((table, parts))  # type: ignore[arg-type]
+                    self._buffered_bytes += nbytes
+                    self._counts["records"] += len(table) // 2
         if failures:
-            self._settle([st for st in dirty if st.cid in failures], failures)
+            self._settle([appended[cid] for cid in failures], failures)
         return failures
+
+    def _take_logged(self) -> None:
+        """write mode: sort the records of the logged commits into their clients' buffers,
+        in order. Caller holds _lock."""
+        logged, self._logged = self._logged, []
+        clients, buffered = self._clients, self._buffered
+        for table, parts in logged:
+            records = iter(parts)
+            next(records)  # the entry's header
+            for cid, size, header, payload in zip(table[0::2], table[1::2], records, records):
+                st = clients[cid]
+                if not st.buffered:
+                    st.buffered_first = _SEQ.unpack_from(header, 8)[0]
+                    buffered[cid] = st
+                st.buffered += (header, payload)
+                st.buffered_bytes += size
 
     # -------------------------------------------------------------------------------- files
 
@@ -1095,6 +1122,7 @@ class QueueStore:
         record, so nothing more is appended to it until the store is reopened (recovery cuts)."""
         st.poisoned = True
         st.error = StorageFailure(f"client {st.cid}: queue file left unusable: {exc}")
+        self._refusing = True
         st.unsynced = False
         self._release_fd(st)
 
@@ -1148,7 +1176,7 @@ class QueueStore:
 
     def _flusher_loop(self) -> None:
         while not self._stop.wait(self._flush_interval):
-            if self._buffered:
+            if self._buffered or self._logged:
                 try:
                     self._flush_buffered()
                 except Exception:  # noqa: BLE001 - keep flushing; logged and counted
@@ -1163,6 +1191,8 @@ class QueueStore:
         and whatever earlier flushes failed to write, is in the segments."""
         with self._io_lock:
             with self._lock:
+                if self._logged:
+                    self._take_logged()
                 taken = [
                     (st, st.buffered, st.buffered_first, st.buffered_bytes)
                     for st in self._buffered.values()
@@ -1193,6 +1223,8 @@ class QueueStore:
                     st.buffered, st.buffered_first = parts, first
                     st.buffered_bytes += left
                     st.error = err
+                if failures or self._refusing:
+                    self._refusing = any(st.error is not None for st in self._clients.values())
         return failures
 
     def _persist_in_segments(
@@ -1306,6 +1338,7 @@ class QueueStore:
         the client takes no more appends until the store is reopened and recovered."""
         st.poisoned = True
         st.error = StorageFailure(f"client {st.cid}: {what} failed, file state unknown")
+        self._refusing = True
         return err
 
     def close(self) -> None:
@@ -1319,10 +1352,12 @@ class QueueStore:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join()
-        for st in self._dirty:
+        for st in self._dirty.values():
             st.last_seq = st.pending_first - 1
             st.pending, st.pending_bytes = [], 0
-        self._dirty = []
+        self._dirty = {}
+        if self._entry is not None:
+            self._table, self._entry = [], [b""]
         try:
             self.flush()
             if self._wal is not None:  # every logged record is in its segment, synced
@@ -1379,6 +1414,19 @@ class QueueStore:
 def _path_client(path: str) -> int:
     """The client id of a segment path (its directory's name)."""
     return int(os.path.basename(os.path.dirname(path)))
+
+
+def _entry_without(
+    table: list[int], parts: list[bytes], refused: dict[int, StoreError]
+) -> tuple[list[int], list[bytes]]:
+    """A commit's log entry (table, parts) without the records of the `refused` clients."""
+    kept_table: list[int] = []
+    kept_parts: list[bytes] = [b""]
+    for i in range(0, len(table), 2):
+        if table[i] not in refused:
+            kept_table += table[i : i + 2]
+            kept_parts += parts[i + 1 : i + 3]
+    return kept_table, kept_parts
 
 
 def _client_error(err: StoreError, cid: int) -> StoreError:
