@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import small_tmpfs
+from conftest import fill_disk, small_tmpfs
 
 from msgprof.protocol import Status
 from msgprof.store import (
@@ -126,11 +126,16 @@ def test_uncommitted_records_are_not_stored(tmp_path: Path) -> None:
     store = QueueStore(tmp_path)
     fill(store, 1, 3)
     store.append(1, 4, b"never acknowledged")
+    store.append(2, 1, b"never acknowledged")
     store.close()
     store.close()  # idempotent
+    assert (store.last_seq(1), store.last_seq(2)) == (3, 0)
+    with pytest.raises(StoreError):
+        store.append(1, 4, b"after close")
     with pytest.raises(StoreError):
         store.commit()
     assert stored(tmp_path, 1) == [1, 2, 3]
+    assert stored(tmp_path, 2) == []
 
 
 def test_one_store_per_directory(tmp_path: Path) -> None:
@@ -831,20 +836,6 @@ def tiny_fs(tmp_path: Path):
     """A 256 KiB tmpfs, so ENOSPC is real. Needs root."""
     with small_tmpfs(tmp_path / "mnt", "256k") as mount:
         yield mount
-
-
-def fill_disk(path: Path) -> None:
-    """Write `path` until the filesystem is full."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        while True:
-            try:
-                os.write(fd, b"\0" * 4096)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-                break
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.root

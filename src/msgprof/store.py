@@ -491,7 +491,7 @@ class QueueStore:
         self._lock = threading.Lock()  # buffered data and sticky errors (shared with flusher)
         self._io_lock = threading.Lock()  # file handles and writes; taken before _lock
         self._clients: dict[int, _Client] = {}
-        self._dirty: dict[int, _Client] = {}  # clients with appends since the last commit
+        self._dirty: list[_Client] = []  # buffer/fsync: clients with appends since the commit
         # write mode: the commit's log entry as append builds it (parts[0] is left for the
         # entry's header; then header, payload, ... of each record) and its table (client_id,
         # record bytes, ... per record); the logged commits the flusher has yet to take
@@ -781,18 +781,20 @@ class QueueStore:
         size = len(payload)
         if size > MAX_PAYLOAD:
             raise ValueError(f"payload of {size} bytes exceeds {MAX_PAYLOAD}")
-        dirty = self._dirty
-        if client_id not in dirty:
-            if self._closed:
-                raise StorageFailure("store is closed")
-            st.pending_first = seq
-            dirty[client_id] = st
         header = _pack_record(size, crc32(payload, crc32(_pack_seq(seq))), seq)
         entry = self._entry
         if entry is not None:  # write mode: straight into the commit's log entry
-            entry += (header, payload)
-            self._table += (client_id, RECORD_HEADER_SIZE + size)
-        else:
+            entry.append(header)
+            entry.append(payload)
+            table = self._table
+            table.append(client_id)
+            table.append(RECORD_HEADER_SIZE + size)
+        else:  # (also write mode once closed: `_entry` is None then)
+            if not st.pending:
+                if self._closed:
+                    raise StorageFailure("store is closed")
+                st.pending_first = seq
+                self._dirty.append(st)
             st.pending += (header, payload)
             st.pending_bytes += RECORD_HEADER_SIZE + size
         st.last_seq = seq
@@ -810,13 +812,12 @@ class QueueStore:
         """
         if self._closed:
             raise StorageFailure("store is closed")
-        appended, self._dirty = self._dirty, {}
         self._counts["commits"] += 1
-        if not appended:
-            return {}
         if self._wal is not None:
-            return self._commit_logged(appended)
-        dirty = list(appended.values())
+            return self._commit_logged()
+        dirty, self._dirty = self._dirty, []
+        if not dirty:
+            return {}
         if self._flusher is not None:
             return self._commit_buffer(dirty)
         with self._io_lock:
@@ -864,36 +865,51 @@ class QueueStore:
         st.buffered_bytes += st.pending_bytes
         self._buffered_bytes += st.pending_bytes
 
-    def _commit_logged(self, appended: dict[int, _Client]) -> dict[int, StoreError]:
+    def _commit_logged(self) -> dict[int, StoreError]:
         """write mode: log the commit's entry, which `append` built, with one write(), and
         leave it to the flusher, which sorts the records into their clients' segments. Per
         record this costs nothing beyond what `append` did: the hot path of the server."""
         table, parts = self._table, self._entry
+        if not table or parts is None:
+            return {}
         self._table, self._entry = [], [b""]
         if self._buffered_bytes > self._max_buffer or self._retry_refused:
             self._flush_buffered()  # backpressure, or a retry: the disk may have room again
         failures: dict[int, StoreError] = {}
+        logged_table, logged_parts = table, parts
         with self._lock:
             if self._refusing:
-                failures = {c: st.error for c, st in appended.items() if st.error is not None}
+                clients = self._clients
+                for cid in dict.fromkeys(table[0::2]):
+                    error = clients[cid].error
+                    if error is not None:
+                        failures[cid] = error
                 if failures:
-                    table, parts = _entry_without(table, parts, failures)
-            if table:
-                nbytes = sum(table[1::2])
-                parts[0] = entry_header(table, nbytes)  # type: ignore[index]
+                    logged_table, logged_parts = _entry_without(table, parts, failures)
+            if logged_table:
+                nbytes = sum(logged_table[1::2])
+                logged_parts[0] = entry_header(logged_table, nbytes)
                 try:
-                    self._wal.append(b"".join(parts))  # type: ignore[arg-type,union-attr]
+                    self._wal.append(b"".join(logged_parts))  # type: ignore[union-attr]
                 except OSError as exc:
                     err = self._failed(exc, "writing the write-ahead log")
                     failures.update(
-                        (cid, _client_error(err, cid)) for cid in appended if cid not in failures
+                        (cid, _client_error(err, cid))
+                        for cid in dict.fromkeys(table[0::2])
+                        if cid not in failures
                     )
                 else:
-                    self._logged.append((table, parts))  # type: ignore[arg-type]
+                    self._logged.append((logged_table, logged_parts))
                     self._buffered_bytes += nbytes
-                    self._counts["records"] += len(table) // 2
+                    self._counts["records"] += len(logged_table) // 2
         if failures:
-            self._settle([appended[cid] for cid in failures], failures)
+            firsts = _first_seqs(table, parts)
+            failed = []
+            for cid in failures:
+                st = self._clients[cid]
+                st.pending_first = firsts[cid]
+                failed.append(st)
+            self._settle(failed, failures)
         return failures
 
     def _take_logged(self) -> None:
@@ -1352,12 +1368,14 @@ class QueueStore:
         self._stop.set()
         if self._flusher is not None:
             self._flusher.join()
-        for st in self._dirty.values():
+        for st in self._dirty:
             st.last_seq = st.pending_first - 1
             st.pending, st.pending_bytes = [], 0
-        self._dirty = {}
-        if self._entry is not None:
-            self._table, self._entry = [], [b""]
+        self._dirty = []
+        if self._entry is not None:  # write mode: appended, never logged
+            for cid, first in _first_seqs(self._table, self._entry).items():
+                self._clients[cid].last_seq = first - 1
+            self._table, self._entry = [], None  # later appends find the store closed
         try:
             self.flush()
             if self._wal is not None:  # every logged record is in its segment, synced
@@ -1427,6 +1445,15 @@ def _entry_without(
             kept_table += table[i : i + 2]
             kept_parts += parts[i + 1 : i + 3]
     return kept_table, kept_parts
+
+
+def _first_seqs(table: list[int], parts: list[bytes]) -> dict[int, int]:
+    """Each client's first seq in a commit's log entry (table, parts)."""
+    firsts: dict[int, int] = {}
+    for i in range(0, len(table), 2):
+        if table[i] not in firsts:
+            firsts[table[i]] = _SEQ.unpack_from(parts[i + 1], 8)[0]
+    return firsts
 
 
 def _client_error(err: StoreError, cid: int) -> StoreError:

@@ -109,7 +109,9 @@ def package_versions() -> dict[str, str | None]:
     """Versions of the packages a result depends on."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ["msgprof", "pyzmq", "pandas", "pyarrow", "numpy", "matplotlib", "snakemake", "psutil"]
+    names = [
+        "msgprof", "pyzmq", "pandas", "pyarrow", "numpy", "matplotlib", "snakemake", "psutil", "isal"
+    ]
     found: dict[str, str | None] = {"python": sys.version.split()[0]}
     for name in names:
         try:
