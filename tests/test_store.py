@@ -669,6 +669,37 @@ def test_write_mode_keeps_the_log_until_every_record_is_in_its_segment(
     assert stored(tmp_path, 2) == [1, 2, 3, 4]
 
 
+def test_write_mode_goes_on_in_the_same_log_file_when_no_new_one_can_be_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background pass that cannot start a new log file (no descriptor, no inode) keeps the
+    current one: commits are still acknowledged, and a later pass retires and deletes it."""
+    import msgprof.store as store_module
+
+    monkeypatch.setattr(store_module, "WAL_FLUSH_INTERVAL_MS", 60_000.0)  # flush() runs passes
+    store = QueueStore(tmp_path)
+    fill(store, 1, 2)
+    real_open = os.open
+
+    def no_new_log_file(path, flags, *args):
+        if str(path).endswith(".wal"):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", no_new_log_file)
+    store.flush()  # the records reach their segment; the log stays in its file
+    assert store.stats()["flush_errors"] == {"wal_rotate": 1}
+    fill(store, 1, 4)  # still acknowledged
+    (path,) = (tmp_path / ".wal").glob("*.wal")
+    assert [e.client_id for e in read_wal(path).entries] == [1, 1, 1, 1]
+    monkeypatch.undo()
+    store.flush()
+    assert not path.exists()  # retired by this pass and deleted after it
+    store.close()
+    assert stored(tmp_path, 1) == [1, 2, 3, 4]
+    assert not list((tmp_path / ".wal").glob("*.wal"))
+
+
 def test_write_mode_replays_the_log_of_a_killed_store(tmp_path: Path) -> None:
     """What a killed write-mode store logged but had not yet moved into segments is there
     after the next open; records already in segments are not stored twice."""

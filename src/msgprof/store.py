@@ -1217,7 +1217,11 @@ class QueueStore:
                 for st, *_ in taken:
                     st.buffered, st.buffered_bytes = [], 0
                 if self._wal is not None:
-                    self._wal.rotate()
+                    try:
+                        self._wal.rotate()
+                    except OSError as exc:  # harmless: the current file is kept until later
+                        self._flush_errors["wal_rotate"] += 1
+                        _log.warning("%s: cannot start a new log file: %s", self.root, exc)
             failures, unwritten = self._persist_in_segments(taken)
             if self._wal is not None and not failures:
                 self._wal.release()

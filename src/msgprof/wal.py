@@ -151,9 +151,9 @@ class WriteAheadLog:
 
     def _start(self) -> None:
         """Create the next file; its header goes out with the first append."""
-        self._number += 1
-        path = self.dir / wal_name(self._number)
+        path = self.dir / wal_name(self._number + 1)
         fd = os.open(path, _OPEN_NEW, 0o644)
+        self._number += 1
         if self._fd >= 0:
             os.close(self._fd)
             self._retired.append(self._path)  # type: ignore[arg-type]
@@ -191,13 +191,12 @@ class WriteAheadLog:
 
     def rotate(self) -> None:
         """Start a new file (when the current one holds anything): every record logged so far
-        is in the retired files, which `release` deletes once the store has them elsewhere."""
+        is in the retired files, which `release` deletes once the store has them elsewhere.
+        Raises OSError if no new file can be started; the log then goes on in the current
+        one (it ends with a whole entry), which is retired by a later rotation."""
         if self._size == 0 or self._broken is not None:
             return
-        try:
-            self._start()
-        except OSError as exc:
-            self._broken = exc
+        self._start()
 
     def release(self) -> None:
         """Delete the retired files. A file that cannot be deleted stays for the next call
