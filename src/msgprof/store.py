@@ -501,7 +501,9 @@ class QueueStore:
         self._buffered: dict[int, _Client] = {}  # buffer/write mode: clients with buffered data
         self._buffered_bytes = 0
         self._retry_refused = False  # a flush failed for a client that may succeed later
-        self._refusing = False  # some client may have a sticky error (set with it)
+        # some client may have a sticky error: set with every error, recomputed after each
+        # background pass; spares write mode's commit a look at each of its clients
+        self._refusing = False
         self._fds: collections.OrderedDict[int, int] = collections.OrderedDict()
         self._unsynced_paths: set[str] = set()  # write mode: closed files not yet synced
         self._unsynced_dirs: set[str] = set()  # directories with entries not yet synced
