@@ -49,9 +49,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from msgprof.point import ChildProcesses, PointConfig, ServerRun, server_argv, wait_ready
-from msgprof.store import QueueReader
-from msgprof.verify import STORED_STATUSES, verify_queues
+from msgprof.experiment.point import ChildProcesses, PointConfig, ServerRun, server_argv, wait_ready
+from msgprof.experiment.verify import STORED_STATUSES, verify_queues
+from msgprof.store.queue import QueueReader
 
 MODES = ("write", "fsync", "buffer")
 #: Bounds on every wait, in seconds.

@@ -63,9 +63,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from msgprof import atomic
-from msgprof.point import ChildProcesses, PointConfig, ServerRun, run_load
-from msgprof.store import QueueReader
-from msgprof.verify import verify_queues
+from msgprof.experiment.point import ChildProcesses, PointConfig, ServerRun, run_load
+from msgprof.experiment.verify import verify_queues
+from msgprof.store.queue import QueueReader
 
 # --- the contract, read independently of msgprof.protocol (docs/protocol.md) ---------------------
 

@@ -21,8 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from msgprof.server import NullStore
-from msgprof.store import QueueStore
+from msgprof.server.server import NullStore
+from msgprof.store.queue import QueueStore
 
 
 def measure(mode: str, clients: int, commits: int, payload_bytes: int, pause_s: float) -> dict:

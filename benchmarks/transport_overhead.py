@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 import zmq
 
 from msgprof import atomic
-from msgprof.point import (
+from msgprof.experiment.point import (
     ChildProcesses,
     PointConfig,
     load_window,

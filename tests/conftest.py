@@ -16,8 +16,8 @@ from typing import Iterator
 import pytest
 import zmq
 
-from msgprof import protocol
-from msgprof.server import Server, ServerConfig
+from msgprof.server.server import Server, ServerConfig
+from msgprof.wire import protocol
 
 
 @contextmanager
@@ -70,7 +70,7 @@ class Peer:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         if curve is not None:
-            from msgprof.security import connect_curve
+            from msgprof.wire.security import connect_curve
 
             connect_curve(self.sock, *curve)
         self.sock.connect(endpoint)

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from msgprof import analysis
+from msgprof.report import analysis
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 

@@ -7,7 +7,7 @@ import zlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from msgprof.checksum import crc32
+from msgprof.store.checksum import crc32
 
 
 def test_check_value_of_the_format() -> None:

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 import zmq
 
-import msgprof.client
-from msgprof.client import (
+import msgprof.load.client
+from msgprof.load.client import (
     CapacityError,
     ClientConfig,
     format_client_ids,
@@ -24,8 +24,8 @@ from msgprof.client import (
     plan_capacity,
     run_clients,
 )
-from msgprof.payload import payload_for
-from msgprof.protocol import HEADER, MAX_CLIENT_ID, Status, encode_ack
+from msgprof.wire.payload import payload_for
+from msgprof.wire.protocol import HEADER, MAX_CLIENT_ID, Status, encode_ack
 
 RTT_COLUMNS = ["client_id", "seq", "payload_bytes", "rtt_ns", "status", "t_send_ns"]
 CLIENT_COLUMNS = [
@@ -331,14 +331,14 @@ def _refusing_context(refusals: int) -> type[zmq.Context]:
 
 
 def test_socket_refusal_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(msgprof.client.zmq, "Context", _refusing_context(3))
+    monkeypatch.setattr(msgprof.load.client.zmq, "Context", _refusing_context(3))
     with EchoServer() as server:
         summary = run_clients(ClientConfig(server.endpoint, [1, 2], messages=3), tmp_path)
     assert summary["socket_retries"] == 3 and summary["acked"] == 6
 
 
 def test_socket_refusal_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(msgprof.client.zmq, "Context", _refusing_context(10**9))
+    monkeypatch.setattr(msgprof.load.client.zmq, "Context", _refusing_context(10**9))
     with EchoServer() as server:
         config = ClientConfig(server.endpoint, [1, 2], messages=3, connect_timeout_s=0.3)
         start = time.monotonic()

@@ -14,10 +14,9 @@ import time
 
 import pandas as pd
 import psutil
-
-from msgprof.verify import verify_queues
-
 from conftest import server_process
+
+from msgprof.experiment.verify import verify_queues
 
 CLIENTS = 200
 

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
-from msgprof.payload import payload_for
-from msgprof.protocol import Status
-from msgprof.store import QueueReader
-from msgprof.verify import verify_queues
-
 from conftest import Peer, fill_disk, running_server, small_tmpfs
+
+from msgprof.experiment.verify import verify_queues
+from msgprof.store.queue import QueueReader
+from msgprof.wire.payload import payload_for
+from msgprof.wire.protocol import Status
 
 PAYLOAD = 4096
 

@@ -17,13 +17,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import Peer, running_server
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from msgprof import protocol, security
-from msgprof.protocol import Rejected, Status, Unanswerable
-
-from conftest import Peer, running_server
+from msgprof.wire import protocol, security
+from msgprof.wire.protocol import Rejected, Status, Unanswerable
 
 
 def _load_fuzz_wire():

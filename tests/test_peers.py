@@ -8,11 +8,10 @@ import struct
 import time
 
 import pytest
-
-from msgprof import security
-from msgprof.protocol import Status
-
 from conftest import Peer, running_server
+
+from msgprof.wire import security
+from msgprof.wire.protocol import Status
 
 
 def test_two_connections_with_one_client_id_share_its_sequence(tmp_path, zctx):
@@ -157,7 +156,7 @@ def test_is_loopback(endpoint, loopback):
 
 
 def test_non_loopback_bind_without_curve_warns(tmp_path, caplog):
-    from msgprof.server import Server, ServerConfig
+    from msgprof.server.server import Server, ServerConfig
 
     with caplog.at_level(logging.WARNING, logger="msgprof.server"):
         # Binds every interface for an instant and sends nothing: no traffic leaves the host.

@@ -11,7 +11,7 @@ import pytest
 from pypdf import PdfReader
 from test_analysis import build_run
 
-from msgprof import plots
+from msgprof.report import plots
 
 PAGE_TITLES = [
     "Client id vs connect time",

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from msgprof import protocol
-from msgprof.protocol import MsgType, Rejected, Status, Unanswerable
+from msgprof.wire import protocol
+from msgprof.wire.protocol import MsgType, Rejected, Status, Unanswerable
 
 U32 = st.integers(0, 2**32 - 1)
 U64 = st.integers(0, 2**64 - 1)

@@ -9,12 +9,11 @@ import socket
 
 import pytest
 import zmq
-
-from msgprof import protocol
-from msgprof.protocol import MsgType, Status
-from msgprof.store import QueueReader
-
 from conftest import Peer, running_server, server_process
+
+from msgprof.store.queue import QueueReader
+from msgprof.wire import protocol
+from msgprof.wire.protocol import MsgType, Status
 
 
 def test_sequence_rules(tmp_path, zctx):
@@ -137,7 +136,7 @@ def test_server_process_ready_file_sigterm_and_stats(tmp_path, zctx):
 def test_frames_far_over_the_limit_disconnect_and_unread_acks_are_bounded(tmp_path, zctx):
     import psutil
 
-    from msgprof.server import PEER_HWM, max_frame_bytes
+    from msgprof.server.server import PEER_HWM, max_frame_bytes
 
     with running_server(tmp_path / "q", max_payload_bytes=1024) as server:
         huge = Peer(zctx, server.endpoint)
@@ -181,7 +180,7 @@ def test_restart_recovers_last_seq(tmp_path, zctx):
 @pytest.mark.parametrize("bad", [dict(store="disk"), dict(ack_after="never"), dict(backlog=0),
                                  dict(bind="127.0.0.1:5555"), dict(flush_interval_ms=0)])  # fmt: skip
 def test_bad_configuration_is_a_clear_error(tmp_path, bad):
-    from msgprof.server import ServerConfig
+    from msgprof.server.server import ServerConfig
 
     with pytest.raises(ValueError):
         ServerConfig(data_dir=tmp_path, **bad).check()
@@ -224,7 +223,7 @@ def test_cli_bad_input_exits_2_with_one_line(capsys):
 
 @pytest.mark.parametrize("damage", ["flip_middle", "truncate_last", "delete_segment"])
 def test_server_starts_on_damaged_queues_and_reports_the_cut(tmp_path, zctx, damage):
-    from msgprof.store import QueueStore
+    from msgprof.store.queue import QueueStore
 
     root = tmp_path / "q"
     with QueueStore(root, segment_bytes=1024) as store:

@@ -12,15 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import fill_disk, small_tmpfs
 
-from msgprof.protocol import Status
-from msgprof.store import (
+from msgprof.store.queue import (
     ACK_MODES,
     RECORD_HEADER_SIZE,
-    SYNC_METHODS,
     SEGMENT_HEADER_SIZE,
+    SYNC_METHODS,
     CorruptData,
     QueueReader,
     QueueStore,
@@ -31,7 +29,8 @@ from msgprof.store import (
     segment_header,
     segment_name,
 )
-from msgprof.wal import read_wal
+from msgprof.store.wal import read_wal
+from msgprof.wire.protocol import Status
 
 
 def payload(cid: int, seq: int, size: int = 40) -> bytes:
@@ -322,7 +321,7 @@ def test_write_mode_survives_a_killed_process(tmp_path: Path) -> None:
     code = f"""
 import os, signal
 from pathlib import Path
-from msgprof.store import QueueStore
+from msgprof.store.queue import QueueStore
 store = QueueStore(Path({str(tmp_path)!r}), ack_after="write")
 for seq in range(1, 101):
     store.append(1, seq, b"m" * 100)
@@ -466,7 +465,7 @@ def test_auto_sync_method_choice(tmp_path: Path) -> None:
 def test_syncfs_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """auto falls back to fdatasync where syncfs is missing or cannot report I/O errors
     (Linux < 5.8); asking for syncfs there is refused."""
-    import msgprof.store as store_module
+    import msgprof.store.queue as store_module
 
     for patch in (("_load_syncfs", lambda: None), ("_kernel_version", lambda: (5, 7))):
         monkeypatch.setattr(store_module, *patch)
@@ -674,7 +673,7 @@ def test_write_mode_goes_on_in_the_same_log_file_when_no_new_one_can_be_started(
 ) -> None:
     """A background pass that cannot start a new log file (no descriptor, no inode) keeps the
     current one: commits are still acknowledged, and a later pass retires and deletes it."""
-    import msgprof.store as store_module
+    import msgprof.store.queue as store_module
 
     monkeypatch.setattr(store_module, "WAL_FLUSH_INTERVAL_MS", 60_000.0)  # flush() runs passes
     store = QueueStore(tmp_path)
@@ -705,7 +704,7 @@ def test_write_mode_replays_the_log_of_a_killed_store(tmp_path: Path) -> None:
     after the next open; records already in segments are not stored twice."""
     code = f"""
 import os
-from msgprof.store import QueueStore
+from msgprof.store.queue import QueueStore
 store = QueueStore({str(tmp_path)!r})
 for seq in range(1, 8):
     for cid in (1, 2):
@@ -744,7 +743,7 @@ def test_a_commit_with_several_records_of_a_client_keeps_their_order(tmp_path: P
     root = tmp_path / "killed"
     code = f"""
 import os
-from msgprof.store import QueueStore
+from msgprof.store.queue import QueueStore
 store = QueueStore({str(root)!r})
 for cid, seq in {order!r}:
     store.append(cid, seq, ("{{}}:{{}}:".format(cid, seq).encode() * 40)[:40])
@@ -768,7 +767,7 @@ def test_a_torn_log_entry_is_cut_and_the_rest_replayed(tmp_path: Path) -> None:
     recovery reports it and replays the complete entries before it."""
     code = f"""
 import os
-from msgprof.store import QueueStore
+from msgprof.store.queue import QueueStore
 store = QueueStore({str(tmp_path)!r})
 for seq in (1, 2):
     store.append(1, seq, b"a" * 40)
@@ -914,7 +913,7 @@ def test_disk_full_in_write_mode(tiny_fs: Path, monkeypatch: pytest.MonkeyPatch)
     """write mode: a commit is one write to the log, so a full disk refuses all of its clients
     (STORAGE_FULL) and leaves nothing of it in the log. Records logged before the disk filled
     stay in the log when they cannot reach their segments, and the next open writes them."""
-    import msgprof.store as store_module
+    import msgprof.store.queue as store_module
 
     monkeypatch.setattr(store_module, "WAL_FLUSH_INTERVAL_MS", 60_000.0)  # flush() moves them
     root = tiny_fs / "queues"

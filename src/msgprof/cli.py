@@ -44,8 +44,8 @@ def _positive_float(text: str) -> float:
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     """Server options shared by `server` and `point` (same names, same defaults)."""
-    from msgprof.server import ServerOptions
-    from msgprof.store import ACK_MODES, SYNC_METHODS
+    from msgprof.server.server import ServerOptions
+    from msgprof.store.queue import ACK_MODES, SYNC_METHODS
 
     defaults = ServerOptions()
 
@@ -385,7 +385,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    from msgprof.server import ServerConfig, serve
+    from msgprof.server.server import ServerConfig, serve
 
     config = ServerConfig(
         data_dir=args.data_dir,
@@ -415,7 +415,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from msgprof.client import ClientConfig, parse_client_ids, run_clients
+    from msgprof.load.client import ClientConfig, parse_client_ids, run_clients
 
     config = ClientConfig(
         endpoint=args.endpoint,
@@ -447,7 +447,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 def _run_config(args: argparse.Namespace, **fields):
     """PointConfig from the shared run options (`point` and `master`)."""
-    from msgprof.point import PointConfig
+    from msgprof.experiment.point import PointConfig
 
     return PointConfig(
         payload_bytes=args.payload_bytes,
@@ -474,7 +474,7 @@ def _run_config(args: argparse.Namespace, **fields):
 
 
 def _cmd_point(args: argparse.Namespace) -> int:
-    from msgprof.point import run_point
+    from msgprof.experiment.point import run_point
 
     config = _run_config(
         args, clients=args.clients, messages=args.messages, first_client_id=args.first_client_id
@@ -484,7 +484,7 @@ def _cmd_point(args: argparse.Namespace) -> int:
 
 
 def _cmd_master(args: argparse.Namespace) -> int:
-    from msgprof.master import parse_steps, run_master
+    from msgprof.experiment.master import parse_steps, run_master
 
     steps = parse_steps(args.steps)
     config = _run_config(args, clients=steps[0][0], messages=steps[0][1])
@@ -493,7 +493,7 @@ def _cmd_master(args: argparse.Namespace) -> int:
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:
-    from msgprof.analysis import write_tables
+    from msgprof.report.analysis import write_tables
 
     _require_dir(args.run_dir)
     for path in write_tables(args.run_dir):
@@ -502,7 +502,7 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from msgprof.plots import write_report
+    from msgprof.report.plots import write_report
 
     _require_dir(args.run_dir)
     print(write_report(args.run_dir))
@@ -510,7 +510,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from msgprof.security import keygen
+    from msgprof.wire.security import keygen
 
     for path in keygen(args.out, args.name):
         print(path)

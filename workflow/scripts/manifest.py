@@ -3,7 +3,7 @@
 import logging
 from pathlib import Path
 
-from msgprof.manifest import write_manifest
+from msgprof.experiment.manifest import write_manifest
 
 logging.basicConfig(filename=snakemake.log[0], level=logging.INFO)  # noqa: F821
 manifest = write_manifest(

@@ -20,9 +20,10 @@ from typing import Any
 
 import zmq
 
-from msgprof import atomic, limits, protocol, security
-from msgprof.protocol import Rejected, Status, Unanswerable
-from msgprof.store import ACK_MODES, SYNC_METHODS, QueueStore, StoreError
+from msgprof import atomic, limits
+from msgprof.store.queue import ACK_MODES, SYNC_METHODS, QueueStore, StoreError
+from msgprof.wire import protocol, security
+from msgprof.wire.protocol import Rejected, Status, Unanswerable
 
 log = logging.getLogger("msgprof.server")
 

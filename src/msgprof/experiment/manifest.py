@@ -14,7 +14,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from msgprof import atomic, sysinfo
+from msgprof import atomic
+from msgprof.experiment import sysinfo
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -22,10 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from msgprof import atomic, launch, security, sysinfo
-from msgprof.monitor import ResourceMonitor, resource_summary
-from msgprof.server import ServerOptions
-from msgprof.verify import verify_queues
+from msgprof import atomic
+from msgprof.experiment import launch, sysinfo
+from msgprof.experiment.monitor import ResourceMonitor, resource_summary
+from msgprof.experiment.verify import verify_queues
+from msgprof.server.server import ServerOptions
+from msgprof.wire import security
 
 log = logging.getLogger("msgprof.point")
 

@@ -25,7 +25,7 @@ import struct
 from pathlib import Path
 from typing import NamedTuple
 
-from msgprof.checksum import crc32
+from msgprof.store.checksum import crc32
 
 WAL_DIR = ".wal"
 WAL_MAGIC = b"MPWL"

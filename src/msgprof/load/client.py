@@ -92,9 +92,9 @@ import pyarrow.compute as pc
 import zmq
 
 from msgprof import atomic, limits
-from msgprof.payload import payload_for
-from msgprof.security import CurveClientKeys
-from msgprof.protocol import MAX_CLIENT_ID, Status, decode_ack, encode_data
+from msgprof.wire.payload import payload_for
+from msgprof.wire.protocol import MAX_CLIENT_ID, Status, decode_ack, encode_data
+from msgprof.wire.security import CurveClientKeys
 
 # Status codes of a row: the protocol's statuses keep their wire values; the client adds three.
 TIMEOUT = len(Status)

@@ -20,8 +20,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from msgprof import atomic, sysinfo
-from msgprof.point import (
+from msgprof import atomic
+from msgprof.experiment import sysinfo
+from msgprof.experiment.point import (
     ChildProcesses,
     Load,
     PointConfig,
@@ -31,7 +32,7 @@ from msgprof.point import (
     with_keys,
     write_point,
 )
-from msgprof.verify import verify_queues
+from msgprof.experiment.verify import verify_queues
 
 log = logging.getLogger("msgprof.master")
 

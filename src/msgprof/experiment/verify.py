@@ -13,8 +13,8 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from msgprof.payload import payload_for
-from msgprof.store import QueueReader
+from msgprof.store.queue import QueueReader
+from msgprof.wire.payload import payload_for
 
 #: Client-side statuses that mean "the server holds this message".
 STORED_STATUSES = ("OK", "DUPLICATE")

@@ -39,9 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Self
 
-from msgprof.checksum import crc32
-from msgprof.protocol import MAX_CLIENT_ID, Status
-from msgprof.wal import (
+from msgprof.store.checksum import crc32
+from msgprof.store.wal import (
     WAL_DIR,
     UnsupportedWal,
     WalEntry,
@@ -51,6 +50,7 @@ from msgprof.wal import (
     read_wal,
     wal_files,
 )
+from msgprof.wire.protocol import MAX_CLIENT_ID, Status
 
 __all__ = [
     "ACK_MODES",

@@ -31,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from msgprof import atomic
-from msgprof.analysis import read_tables
+from msgprof.report.analysis import read_tables
 
 log = logging.getLogger("msgprof.plots")
 
