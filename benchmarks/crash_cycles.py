@@ -49,7 +49,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from msgprof.experiment.point import ChildProcesses, PointConfig, ServerRun, server_argv, wait_ready
+from msgprof.config import PointConfig
+from msgprof.experiment.point import ChildProcesses, ServerRun, server_argv, wait_ready
 from msgprof.experiment.verify import STORED_STATUSES, verify_queues
 from msgprof.store.queue import QueueReader
 

@@ -63,7 +63,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from msgprof import atomic
-from msgprof.experiment.point import ChildProcesses, PointConfig, ServerRun, run_load
+from msgprof.config import PointConfig
+from msgprof.experiment.point import ChildProcesses, ServerRun, run_load
 from msgprof.experiment.verify import verify_queues
 from msgprof.store.queue import QueueReader
 

@@ -39,9 +39,9 @@ import pyarrow.parquet as pq
 import zmq
 
 from msgprof import atomic
+from msgprof.config import PointConfig
 from msgprof.experiment.point import (
     ChildProcesses,
-    PointConfig,
     load_window,
     read_client_docs,
     run_client_processes,

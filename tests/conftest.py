@@ -16,7 +16,8 @@ from typing import Iterator
 import pytest
 import zmq
 
-from msgprof.server.server import Server, ServerConfig
+from msgprof.config import ServerConfig
+from msgprof.server.server import Server
 from msgprof.wire import protocol
 
 

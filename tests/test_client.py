@@ -16,14 +16,8 @@ import pytest
 import zmq
 
 import msgprof.load.client
-from msgprof.load.client import (
-    CapacityError,
-    ClientConfig,
-    format_client_ids,
-    parse_client_ids,
-    plan_capacity,
-    run_clients,
-)
+from msgprof.config import ClientConfig, format_client_ids, parse_client_ids
+from msgprof.load.client import CapacityError, plan_capacity, run_clients
 from msgprof.wire.payload import payload_for
 from msgprof.wire.protocol import HEADER, MAX_CLIENT_ID, Status, encode_ack
 

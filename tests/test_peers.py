@@ -156,7 +156,8 @@ def test_is_loopback(endpoint, loopback):
 
 
 def test_non_loopback_bind_without_curve_warns(tmp_path, caplog):
-    from msgprof.server.server import Server, ServerConfig
+    from msgprof.config import ServerConfig
+    from msgprof.server.server import Server
 
     with caplog.at_level(logging.WARNING, logger="msgprof.server"):
         # Binds every interface for an instant and sends nothing: no traffic leaves the host.

@@ -180,7 +180,7 @@ def test_restart_recovers_last_seq(tmp_path, zctx):
 @pytest.mark.parametrize("bad", [dict(store="disk"), dict(ack_after="never"), dict(backlog=0),
                                  dict(bind="127.0.0.1:5555"), dict(flush_interval_ms=0)])  # fmt: skip
 def test_bad_configuration_is_a_clear_error(tmp_path, bad):
-    from msgprof.server.server import ServerConfig
+    from msgprof.config import ServerConfig
 
     with pytest.raises(ValueError):
         ServerConfig(data_dir=tmp_path, **bad).check()

@@ -23,8 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from msgprof.config import PointConfig
 from msgprof.experiment import launch
-from msgprof.experiment.point import PointConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import fill_disk, small_tmpfs
 
+from msgprof.config import ACK_MODES, SYNC_METHODS
 from msgprof.store.queue import (
-    ACK_MODES,
     RECORD_HEADER_SIZE,
     SEGMENT_HEADER_SIZE,
-    SYNC_METHODS,
     CorruptData,
     QueueReader,
     QueueStore,

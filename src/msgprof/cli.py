@@ -44,8 +44,7 @@ def _positive_float(text: str) -> float:
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     """Server options shared by `server` and `point` (same names, same defaults)."""
-    from msgprof.server.server import ServerOptions
-    from msgprof.store.queue import ACK_MODES, SYNC_METHODS
+    from msgprof.config import ACK_MODES, SYNC_METHODS, ServerOptions
 
     defaults = ServerOptions()
 
@@ -385,7 +384,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_server(args: argparse.Namespace) -> int:
-    from msgprof.server.server import ServerConfig, serve
+    from msgprof.config import ServerConfig
+    from msgprof.server.server import serve
 
     config = ServerConfig(
         data_dir=args.data_dir,
@@ -415,7 +415,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from msgprof.load.client import ClientConfig, parse_client_ids, run_clients
+    from msgprof.config import ClientConfig, parse_client_ids
+    from msgprof.load.client import run_clients
 
     config = ClientConfig(
         endpoint=args.endpoint,
@@ -447,7 +448,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 def _run_config(args: argparse.Namespace, **fields):
     """PointConfig from the shared run options (`point` and `master`)."""
-    from msgprof.experiment.point import PointConfig
+    from msgprof.config import PointConfig
 
     return PointConfig(
         payload_bytes=args.payload_bytes,

@@ -21,11 +21,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from msgprof import atomic
+from msgprof.config import PointConfig
 from msgprof.experiment import sysinfo
 from msgprof.experiment.point import (
     ChildProcesses,
     Load,
-    PointConfig,
     ServerRun,
     fresh_dirs,
     run_load,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
 import subprocess
@@ -23,10 +22,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from msgprof import atomic
+from msgprof.config import PointConfig
 from msgprof.experiment import launch, sysinfo
 from msgprof.experiment.monitor import ResourceMonitor, resource_summary
 from msgprof.experiment.verify import verify_queues
-from msgprof.server.server import ServerOptions
 from msgprof.wire import security
 
 log = logging.getLogger("msgprof.point")
@@ -37,40 +36,6 @@ SERVER_START_TIMEOUT_S = 60.0
 SERVER_STOP_TIMEOUT_S = 120.0
 #: Seconds client processes get beyond their own deadline before they are killed.
 CLIENT_GRACE_S = 30.0
-
-
-@dataclass(frozen=True)
-class PointConfig(ServerOptions):
-    """Parameters of one point; recorded verbatim in point.json. The server options
-    (ServerOptions: store, ack_after, ...) are keyword-only."""
-
-    clients: int
-    messages: int
-    payload_bytes: int = 64
-    processes: int | None = None
-    timeout_s: float = 10.0
-    connect_timeout_s: float = 60.0
-    deadline_s: float = 900.0
-    first_client_id: int = 1
-    data_dir: Path | None = None
-    keep_queues: bool = False
-    start: str = "all_connected"
-    # Where the clients run and what the server binds: see msgprof.launch.
-    launcher: str = "local"
-    bind: str | None = None
-    #: CURVE on: keys are made for the run in keys_dir (set by the runner, not by the user).
-    curve: bool = False
-    keys_dir: Path | None = None
-
-    def __post_init__(self) -> None:
-        launch.check(self.launcher, self.bind)
-
-    def client_processes(self) -> int:
-        """Processes to start: the option, else the usable cores, never more than clients."""
-        if self.launcher != "local":
-            return launch.client_processes(self, len(os.sched_getaffinity(0)))
-        wanted = self.processes or len(os.sched_getaffinity(0))
-        return max(1, min(wanted, self.clients))
 
 
 def split_ids(first: int, count: int, parts: int) -> list[tuple[int, int]]:

@@ -21,13 +21,13 @@ from typing import Any
 import zmq
 
 from msgprof import atomic, limits
-from msgprof.store.queue import ACK_MODES, SYNC_METHODS, QueueStore, StoreError
+from msgprof.config import ServerConfig
+from msgprof.store.queue import QueueStore, StoreError
 from msgprof.wire import protocol, security
 from msgprof.wire.protocol import Rejected, Status, Unanswerable
 
 log = logging.getLogger("msgprof.server")
 
-STORE_KINDS = ("file", "none")
 #: Messages taken from the socket before one commit: bounds the latency a burst adds.
 MAX_BURST = 1024
 #: How often the loop wakes with no traffic, to notice a stop request (ms).
@@ -49,59 +49,6 @@ _MONITOR_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServerOptions:
-    """The server options a sweep point also takes (and passes on): one place for their defaults."""
-
-    store: str = "file"
-    ack_after: str = "write"
-    sync_method: str = "auto"
-    flush_interval_ms: float = 10.0
-    backlog: int = 1024
-    max_open_files: int = 256
-    max_payload_bytes: int = 1 << 20
-    rlimit_nofile: int | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServerConfig(ServerOptions):
-    """Everything `msgprof server` is told; recorded verbatim in its stats."""
-
-    data_dir: Path | None = None
-    ready_file: Path | None = None
-    bind: str = "tcp://127.0.0.1:0"
-    max_sockets: int = 1024
-    stats_out: Path | None = None
-    heartbeat_ms: int = 10_000
-    handshake_timeout_ms: int = 10_000
-    curve_secret: Path | None = None
-    curve_allow: Path | None = None
-
-    def check(self) -> None:
-        """Raise ValueError with a user-facing message for an impossible configuration."""
-        if self.store not in STORE_KINDS:
-            raise ValueError(f"--store must be one of {', '.join(STORE_KINDS)}, not {self.store!r}")
-        if self.store == "file" and self.data_dir is None:
-            raise ValueError("--data-dir is required unless --store none")
-        if self.ack_after not in ACK_MODES:
-            raise ValueError(f"--ack-after must be one of {', '.join(ACK_MODES)}")
-        if self.sync_method not in SYNC_METHODS:
-            raise ValueError(f"--sync-method must be one of {', '.join(SYNC_METHODS)}")
-        for name in ("backlog", "max_open_files", "max_sockets"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.flush_interval_ms <= 0:
-            raise ValueError("--flush-interval-ms must be positive")
-        if self.max_payload_bytes < 0:
-            raise ValueError("--max-payload-bytes must not be negative")
-        if (self.curve_secret is None) != (self.curve_allow is None):
-            raise ValueError("CURVE needs both --curve-secret and --curve-allow")
-        if self.heartbeat_ms < 0 or self.handshake_timeout_ms < 0:
-            raise ValueError("--heartbeat-ms and --handshake-timeout-ms must not be negative")
-        if not self.bind.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError(f"--bind must be a ZeroMQ endpoint like tcp://127.0.0.1:0, not {self.bind!r}")
 
 
 class NullStore:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple, Self
 
+from msgprof.config import ACK_MODES, SYNC_METHODS
 from msgprof.store.checksum import crc32
 from msgprof.store.wal import (
     WAL_DIR,
@@ -68,8 +69,6 @@ __all__ = [
     "segment_name",
 ]
 
-ACK_MODES = ("buffer", "write", "fsync")
-SYNC_METHODS = ("auto", "fdatasync", "syncfs")
 #: "auto" takes one syncfs instead of fdatasyncs from this many files written in one batch on.
 SYNCFS_MIN_FILES = 3
 #: syncfs(2) reports write-back errors (errseq on the superblock) only from Linux 5.8 on.
