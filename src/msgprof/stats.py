@@ -1,0 +1,56 @@
+"""The one quantile rule every summary uses (client, server, analysis, fuzzer).
+
+A quantile q of n samples is the smallest sample with at least q·n samples at or below it
+(numpy's ``inverted_cdf``, Hyndman & Fan type 1). It is always a value that was measured, never
+an interpolation between two, and it is the rule an HdrHistogram applies to its counts, so exact
+quantiles of raw samples and quantiles of merged histograms read alike. docs/results.md names it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+#: numpy's name for the rule above.
+METHOD = "inverted_cdf"
+
+
+def quantiles(samples: Sequence[float] | np.ndarray, qs: Sequence[float]) -> list[float]:
+    """Exact quantiles `qs` (each in [0, 1]) of `samples`; NaN for each when there are none.
+
+    The samples are not modified. Integer samples give values equal to a sample (returned as
+    float; callers that want integers convert).
+    """
+    values = np.asarray(samples)
+    if values.size == 0:
+        return [math.nan] * len(qs)
+    return [float(v) for v in np.quantile(values, list(qs), method=METHOD)]
+
+
+def quantile(samples: Sequence[float] | np.ndarray, q: float) -> float:
+    """One exact quantile of `samples` (see `quantiles`); NaN when there are none."""
+    return quantiles(samples, (q,))[0]
+
+
+def grouped_quantiles(
+    groups: np.ndarray, values: np.ndarray, n_groups: int, qs: Sequence[float], missing: int = -1
+) -> list[np.ndarray]:
+    """The same rule per group, vectorised: for each q an int64 array of `n_groups` quantiles.
+
+    `groups` holds each sample's group index (0 ≤ index < n_groups); a group without samples
+    gets `missing`. Used for per-client columns, where a loop over clients would be slow.
+    """
+    order = np.lexsort((values, groups))
+    groups, values = groups[order], values[order]
+    counts = np.bincount(groups, minlength=n_groups)
+    starts = np.cumsum(counts) - counts
+    has = counts > 0
+    out = []
+    for q in qs:
+        result = np.full(n_groups, missing, dtype=np.int64)
+        rank = np.maximum(np.ceil(counts[has] * q).astype(np.int64) - 1, 0)
+        result[has] = values[starts[has] + rank]
+        out.append(result)
+    return out
