@@ -1,4 +1,5 @@
-"""The one quantile rule every summary uses (client, server, analysis, fuzzer).
+"""Shared summary statistics: the one quantile rule every summary uses (client, server,
+analysis, fuzzer) and the peaks of a server resources table.
 
 A quantile q of n samples is the smallest sample with at least q·n samples at or below it
 (numpy's ``inverted_cdf``, Hyndman & Fan type 1). It is always a value that was measured, never
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 #: numpy's name for the rule above.
 METHOD = "inverted_cdf"
@@ -54,3 +57,21 @@ def grouped_quantiles(
         result[has] = values[starts[has] + rank]
         out.append(result)
     return out
+
+
+def resource_summary(table: pa.Table | None) -> dict[str, Any]:
+    """Peaks and totals of a server resources table (point.json records these; analysis falls
+    back to them when a point.json lacks them)."""
+    if table is None or table.num_rows == 0:
+        return {"samples": 0}
+    column = {name: table.column(name).to_pylist() for name in table.column_names}
+    return {
+        "samples": table.num_rows,
+        "cpu_user_s": column["cpu_user_s"][-1] - column["cpu_user_s"][0],
+        "cpu_system_s": column["cpu_system_s"][-1] - column["cpu_system_s"][0],
+        "peak_rss_bytes": max(column["rss_bytes"]),
+        "peak_open_fds": max(column["open_fds"]),
+        "peak_threads": max(column["threads"]),
+        "peak_queue_bytes": max(column["queue_bytes"]),
+        "peak_queue_files": max(column["queue_files"]),
+    }

@@ -126,20 +126,3 @@ class ResourceMonitor:
     def table(self) -> pa.Table:
         """Samples so far as a pyarrow Table with the COLUMNS above."""
         return pa.table({name: self.rows[name] for name in COLUMNS})
-
-
-def resource_summary(table: pa.Table | None) -> dict[str, Any]:
-    """Peaks and totals of a resources table (the point summary reports these)."""
-    if table is None or table.num_rows == 0:
-        return {"samples": 0}
-    column = {name: table.column(name).to_pylist() for name in table.column_names}
-    return {
-        "samples": table.num_rows,
-        "cpu_user_s": column["cpu_user_s"][-1] - column["cpu_user_s"][0],
-        "cpu_system_s": column["cpu_system_s"][-1] - column["cpu_system_s"][0],
-        "peak_rss_bytes": max(column["rss_bytes"]),
-        "peak_open_fds": max(column["open_fds"]),
-        "peak_threads": max(column["threads"]),
-        "peak_queue_bytes": max(column["queue_bytes"]),
-        "peak_queue_files": max(column["queue_files"]),
-    }

@@ -24,8 +24,9 @@ import pyarrow.parquet as pq
 from msgprof import atomic
 from msgprof.config import PointConfig
 from msgprof.experiment import launch, sysinfo
-from msgprof.experiment.monitor import ResourceMonitor, resource_summary
+from msgprof.experiment.monitor import ResourceMonitor
 from msgprof.experiment.verify import verify_queues
+from msgprof.stats import resource_summary
 from msgprof.wire import security
 
 log = logging.getLogger("msgprof.point")

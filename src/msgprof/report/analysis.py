@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from msgprof import atomic
-from msgprof.experiment.monitor import resource_summary
+from msgprof.stats import resource_summary
 
 log = logging.getLogger("msgprof.analysis")
 
