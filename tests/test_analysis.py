@@ -139,11 +139,24 @@ def test_rtt_quantiles_are_exact_over_every_raw_ok_sample(tables) -> None:
             run / ("points" if p.phase == "sweep" else "master") / p.point / "rtt.parquet"
         )
         ok = raw.loc[raw["status"] == "OK", "rtt_ns"].to_numpy()
-        expected = np.quantile(ok, [0.5, 0.9, 0.99, 0.999, 1.0]) / 1e3
+        expected = np.quantile(ok, [0.5, 0.9, 0.99, 0.999, 1.0], method="inverted_cdf") / 1e3
         got = [p.rtt_p50_us, p.rtt_p90_us, p.rtt_p99_us, p.rtt_p999_us, p.rtt_max_us]
         np.testing.assert_allclose(got, expected, atol=1e-3)
         assert p.rtt_mean_us == pytest.approx(ok.mean() / 1e3, abs=1e-3)
         assert p.acked == len(ok)
+
+
+def test_connect_quantiles_are_measured_values_of_the_connected_clients(tables) -> None:
+    _run, clients, points = tables
+    for p in points.itertuples():
+        connect = clients.loc[clients["point"] == p.point, "connect_ms"].dropna().to_numpy()
+        got = [p.connect_p50_ms, p.connect_p99_ms, p.connect_max_ms]
+        if not len(connect):
+            assert all(math.isnan(v) for v in got)
+            continue
+        expected = np.quantile(connect, [0.5, 0.99, 1.0], method="inverted_cdf")
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        assert set(got) <= set(connect)  # never an interpolation between two clients
 
 
 def test_per_client_values_are_converted_from_clients_parquet(tables) -> None:

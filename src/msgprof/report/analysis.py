@@ -6,8 +6,8 @@ resources.parquet, limits.json and server.json. A point is a result even when it
 a missing optional file gives NaN and a warning, never a crash; a directory without point.json is
 a point still running or one that failed half-way, and is skipped with a warning.
 
-Latency summaries are exact quantiles of the raw samples (numpy's default linear rule, the rule
-the client uses for its per-client columns), never averages of per-client percentiles.
+Latency summaries are exact quantiles of the raw samples under the project's one rule
+(`msgprof.stats`: always a measured value), never averages of per-client percentiles.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from msgprof import atomic
-from msgprof.stats import resource_summary
+from msgprof.stats import quantile, quantiles, resource_summary
 
 log = logging.getLogger("msgprof.analysis")
 
@@ -225,13 +225,13 @@ def rtt_summary(path: Path) -> dict[str, float]:
     if samples.size == 0:
         return dict.fromkeys(names, math.nan)
     mean = float(samples.mean())
-    values = np.quantile(samples, list(RTT_QUANTILES.values()), overwrite_input=True)
-    return dict(zip(names, [float(v) / 1e3 for v in values] + [mean / 1e3]))
+    values = quantiles(samples, list(RTT_QUANTILES.values()), overwrite=True)
+    return dict(zip(names, [v / 1e3 for v in values] + [mean / 1e3]))
 
 
 def _quantile(values: pd.Series, q: float) -> float:
-    values = values.dropna()
-    return float(np.quantile(values.to_numpy(), q)) if len(values) else math.nan
+    """The quantile `q` of a column's values, empty cells left out; NaN when none are left."""
+    return quantile(values.dropna().to_numpy(), q)
 
 
 def setup_summary(clients: pd.DataFrame | None) -> dict[str, float]:

@@ -439,21 +439,17 @@ def max_frame_bytes(max_payload_bytes: int) -> int:
 
 
 def _quantiles(samples: array.array) -> dict[str, int]:
-    """Exact quantiles of raw samples (numpy), or an empty dict when there are none."""
+    """Exact quantiles of raw samples (msgprof.stats), or {"count": 0} when there are none."""
     if not samples:
         return {"count": 0}
-    import numpy as np
+    import numpy as np  # imported when the stats are written: the server starts without numpy
+
+    from msgprof.stats import quantiles
 
     values = np.frombuffer(samples, dtype=np.int64)
-    p50, p90, p99, p999 = np.quantile(values, [0.5, 0.9, 0.99, 0.999], method="inverted_cdf")
-    return {
-        "count": int(values.size),
-        "p50": int(p50),
-        "p90": int(p90),
-        "p99": int(p99),
-        "p999": int(p999),
-        "max": int(values.max()),
-    }
+    found = quantiles(values, (0.5, 0.9, 0.99, 0.999, 1.0))
+    names = ("p50", "p90", "p99", "p999", "max")
+    return {"count": int(values.size), **{name: int(v) for name, v in zip(names, found)}}
 
 
 def _errno_name(value: int) -> str:
