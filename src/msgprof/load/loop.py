@@ -107,9 +107,7 @@ class Loop:
         self.handshakes = [0] * n
         self.linked = [False] * n  # a connection is up, as far as the monitor has told
         self.resends = [0] * n
-        self.reconnects = 0
-        self.disconnects = 0
-        self.stale_replies = 0
+        self.reconnects = self.disconnects = self.stale_replies = 0  # run totals, resend mode
         self.conn_deadlines: deque[tuple[int, int]] = deque()  # (deadline, index)
         self.next_to_start = 0
         self.connecting = 0
