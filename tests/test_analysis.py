@@ -1,5 +1,5 @@
-"""analysis.csv and points.csv from real runs: columns, exact quantiles of raw samples, order,
-and a run that is missing files or holds a half-written point."""
+"""The tables of real runs (analysis.csv, points.csv, resources.csv, limits.csv): columns, exact
+quantiles of raw samples, order, and a run that is missing files or holds a half-written point."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from msgprof.report import analysis
+from msgprof.report import analysis, host_tables
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
 
@@ -97,11 +97,18 @@ def tables(run_dir: Path, tmp_path: Path) -> tuple[Path, pd.DataFrame, pd.DataFr
 
 
 def test_columns_are_exactly_the_documented_ones(tables) -> None:
-    _run, clients, points = tables
+    run, clients, points = tables
     assert list(clients.columns) == documented_columns("analysis.csv")
     assert list(points.columns) == documented_columns("points.csv")
     assert analysis.CLIENT_COLUMNS == documented_columns("analysis.csv")
     assert analysis.POINT_COLUMNS == documented_columns("points.csv")
+    assert host_tables.LIMIT_COLUMNS == documented_columns("limits.csv")
+    assert list(pd.read_csv(run / "limits.csv").columns) == documented_columns("limits.csv")
+    # resources.csv: the row keys, then the columns the monitor writes to resources.parquet
+    resources = list(pd.read_csv(run / "resources.csv").columns)
+    assert resources == documented_columns("resources.csv")
+    raw = pq.read_schema(run / "points" / "3-5-1" / "resources.parquet").names
+    assert resources == host_tables.ROW_KEYS + raw
 
 
 def test_one_row_per_point_and_per_client_in_phase_order(tables) -> None:
@@ -195,11 +202,47 @@ def test_server_columns_come_from_the_point_summary(tables) -> None:
     assert row["throughput_msgs_per_s"] == pytest.approx(doc["throughput_msgs_per_s"], abs=1e-3)
 
 
+def test_resources_table_holds_every_raw_sample_in_point_order(tables) -> None:
+    run, _clients, points = tables
+    resources = pd.read_csv(run / "resources.csv")
+    expected = [*points["point"], host_tables.MASTER]
+    assert list(dict.fromkeys(resources["point"])) == expected
+    for name in expected:
+        group = "master" if name == host_tables.MASTER else None
+        if group is None:
+            phase = points.set_index("point").loc[name, "phase"]
+            group = "points" if phase == "sweep" else "master"
+        path = run / group / ("" if name == host_tables.MASTER else name) / "resources.parquet"
+        raw = pd.read_parquet(path)
+        rows = resources[resources["point"] == name].reset_index(drop=True)
+        assert len(rows) == len(raw) > 0, name
+        for column in raw.columns:  # as sampled: floats round-trip exactly
+            np.testing.assert_array_equal(rows[column].to_numpy(), raw[column].to_numpy())
+    steps = resources[resources["phase"] == "ramp_down"]
+    assert set(steps["step"]) == {3, 4}
+    assert set(resources.loc[resources["point"] == "master", "phase"]) == {"master"}
+
+
+def test_limits_table_has_each_points_limits_json_with_text_kept_as_text(tables) -> None:
+    run, _clients, points = tables
+    limits = analysis.read_tables(run).limits
+    assert list(limits["point"]) == list(points["point"])
+    row = limits.set_index("point").loc["4-8-1"]
+    doc = json.loads((run / "points" / "4-8-1" / "limits.json").read_text())
+    assert row["somaxconn"] == doc["somaxconn"] and isinstance(row["somaxconn"], str)
+    assert row["ip_local_port_range"] == doc["ip_local_port_range"]
+    assert row["rlimit_nofile_soft"] == doc["rlimit_nofile_soft"]
+    assert row["host"] == doc["host"] and row["captured_unix_s"] == doc["captured_unix_s"]
+    step = limits.set_index("point").loc["02-ramp_up-3x6"]
+    assert step["phase"] == "ramp_up" and step["step"] == 2
+
+
 def test_half_written_point_is_skipped_with_a_warning(run_dir: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="msgprof.analysis"):
-        clients, points = analysis.collect(run_dir)
+        clients, points, resources, limits = analysis.collect(run_dir)
     assert HALF_WRITTEN not in set(points["point"])
     assert HALF_WRITTEN not in set(clients["point"])
+    assert HALF_WRITTEN not in set(resources["point"]) | set(limits["point"])
     assert any(
         HALF_WRITTEN in r.getMessage() and "point.json" in r.getMessage() for r in caplog.records
     )
@@ -215,7 +258,7 @@ def test_missing_optional_files_give_nan_not_a_crash(run_dir: Path, tmp_path: Pa
     doc["server"]["resources"] = {"samples": 0}
     (point / "point.json").write_text(json.dumps(doc))
     with caplog.at_level(logging.WARNING, logger="msgprof.analysis"):
-        clients, points = analysis.collect(run)
+        clients, points, resources, limits = analysis.collect(run)
     row = points.set_index("point").loc["4-8-1"]
     for name in (
         "rtt_p50_us",
@@ -228,22 +271,28 @@ def test_missing_optional_files_give_nan_not_a_crash(run_dir: Path, tmp_path: Pa
     assert pd.isna(row["somaxconn"])
     assert row["verdict"] == "ok" and row["acked"] == 32
     assert "4-8-1" not in set(clients["point"])
+    assert "4-8-1" not in set(resources["point"]) | set(limits["point"])
     assert len(caplog.records) >= 4
 
 
 def test_write_tables_is_atomic_and_reads_back(tables) -> None:
     run, clients, points = tables
     assert not list(run.glob(".*.tmp"))
-    again_clients, again_points = analysis.read_tables(run)
-    assert len(again_clients) == len(clients) and len(again_points) == len(points)
+    again = analysis.read_tables(run)
+    assert len(again.clients) == len(clients) and len(again.points) == len(points)
+    again_points = again.points
     assert str(again_points["step"].dtype) == "Int64"
     assert again_points.loc[0, "errors"] == "" and again_points.loc[0, "verdicts"] == ""
 
 
 def test_empty_run_gives_header_only_tables(tmp_path: Path) -> None:
     paths = analysis.write_tables(tmp_path)
+    assert [p.name for p in paths] == list(analysis.FILES)
     headers = [p.read_text().strip().split(",") for p in paths]
-    assert headers == [documented_columns("analysis.csv"), documented_columns("points.csv")]
+    assert headers[:2] == [documented_columns("analysis.csv"), documented_columns("points.csv")]
+    assert headers[2] == host_tables.ROW_KEYS  # no samples: no sample columns
+    assert headers[3] == documented_columns("limits.csv")
+    assert all(len(frame) == 0 for frame in analysis.read_tables(tmp_path))
 
 
 def test_raw_rtt_is_read_a_row_group_at_a_time(run_dir: Path, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
-"""msg_proc_profiling.pdf: a valid PDF with its eight pages in order, byte-stable on a rerun, and
-a note instead of a crash when a run has nothing for a page."""
+"""msg_proc_profiling.pdf: a valid PDF with its eight pages in order, byte-stable on a rerun,
+drawn from the analysis tables alone, and a note instead of a crash when a run has nothing for a
+page."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pypdf import PdfReader
 from test_analysis import build_run
 
 from msgprof.report import plots
+from msgprof.report.pages import tables
 
 PAGE_TITLES = [
     "Client id vs connect time",
@@ -57,7 +59,8 @@ def test_report_is_a_pdf_with_the_pages_in_order(rendered: Path) -> None:
 
 
 def test_report_made_its_tables_and_shows_what_they_hold(rendered: Path) -> None:
-    assert (rendered / "analysis.csv").is_file() and (rendered / "points.csv").is_file()
+    for name in ("analysis.csv", "points.csv", "resources.csv", "limits.csv"):
+        assert (rendered / name).is_file(), name
     texts = _texts(rendered / plots.REPORT_NAME)
     assert "step 3 ↓ 3×6" in texts[0]  # the master ramp-down is told apart in the seed's plot
     assert "30-3-1" in texts[5] and "4-8-1" in texts[5]
@@ -70,6 +73,15 @@ def test_rerun_gives_the_same_bytes(rendered: Path) -> None:
     before = pdf.read_bytes()
     plots.write_report(rendered)
     assert pdf.read_bytes() == before
+
+
+def test_report_reads_the_tables_not_the_point_directories(rendered: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(rendered, run)
+    shutil.rmtree(run / "points")
+    shutil.rmtree(run / "master")
+    pdf = plots.write_report(run)
+    assert pdf.read_bytes() == (rendered / plots.REPORT_NAME).read_bytes()
 
 
 def test_empty_run_gets_notes_not_a_crash(tmp_path: Path) -> None:
@@ -86,7 +98,7 @@ def test_long_verdict_table_continues_on_further_pages(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(rendered, run)
-    monkeypatch.setattr(plots, "TABLE_ROWS", 3)
+    monkeypatch.setattr(tables, "TABLE_ROWS", 3)
     texts = _texts(plots.write_report(run))
     assert len(texts) == len(PAGE_TITLES) + 2  # seven points and steps: three table pages
     assert "continued, 3/3" in texts[7]

@@ -15,6 +15,16 @@ rule analysis:
             caption="../report/points.rst",
             category="Tables",
         ),
+        resources=report(
+            f"{RESULTS}/resources.csv",
+            caption="../report/resources.rst",
+            category="Tables",
+        ),
+        limits=report(
+            f"{RESULTS}/limits.csv",
+            caption="../report/limits.rst",
+            category="Tables",
+        ),
     log:
         f"{RESULTS}/logs/analysis.log",
     conda:

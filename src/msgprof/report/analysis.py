@@ -1,4 +1,7 @@
-"""A run's raw Parquet → analysis.csv (one row per client) and points.csv (one row per point).
+"""A run's raw files → the tables the report reads, and nothing else reads raw files for it.
+
+analysis.csv (one row per client), points.csv (one row per point), resources.csv (the server
+process over time) and limits.csv (the host of each point): see docs/results.md.
 
 A run directory holds sweep points under `points/<C>-<M>-<rep>/` and the steps of the master test
 case under `master/<NN>-<phase>-<C>x<M>/`; each has point.json, rtt.parquet, clients.parquet,
@@ -18,14 +21,16 @@ import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from msgprof import atomic
+from msgprof.report import host_tables
 from msgprof.stats import quantile, quantiles, resource_summary
 
 log = logging.getLogger("msgprof.analysis")
@@ -253,14 +258,13 @@ def format_errors(errors: dict[str, Any]) -> str:
     return ";".join(f"{kind}={n}" for kind, n in sorted(errors.items()) if n)
 
 
-def server_summary(doc: dict[str, Any], path: Path) -> dict[str, float]:
+def server_summary(doc: dict[str, Any], path: Path, samples: pa.Table | None) -> dict[str, float]:
     """Server CPU, peaks and service-time quantiles: point.json, else resources.parquet."""
     server = doc.get("server", {})
     resources = server.get("resources") or {}
     if "cpu_user_s" not in resources:
-        file = path / "resources.parquet"
-        if file.is_file():
-            resources = resource_summary(pq.read_table(file))
+        if samples is not None:
+            resources = resource_summary(samples)
         else:
             log.warning("%s: no server resource samples, server columns are NaN", path)
     service = server.get("service_ns") or {}
@@ -277,10 +281,15 @@ def server_summary(doc: dict[str, Any], path: Path) -> dict[str, float]:
 
 
 def point_row(
-    keys: dict[str, Any], doc: dict[str, Any], path: Path, clients: pd.DataFrame | None
+    keys: dict[str, Any],
+    doc: dict[str, Any],
+    path: Path,
+    clients: pd.DataFrame | None,
+    limits: dict[str, Any],
+    samples: pa.Table | None,
 ) -> dict[str, Any]:
-    """The points.csv row of one point or step."""
-    limits = _read_json(path / "limits.json", "limits.json") or {}
+    """The points.csv row of one point or step (`limits`: its limits.json; `samples`: its
+    resources.parquet)."""
     rlimit = (doc.get("server", {}).get("rlimit_nofile") or {}).get("soft")
     return {
         **keys,
@@ -297,7 +306,7 @@ def point_row(
         "errors": format_errors(doc.get("errors", {})),
         "client_busiest_thread_max": _number(doc.get("client_busiest_thread_max")),
         "client_saturated": doc.get("client_saturated"),
-        **server_summary(doc, path),
+        **server_summary(doc, path, samples),
         "somaxconn": _number(limits.get("somaxconn")),
         "rlimit_nofile": _number(
             rlimit if rlimit is not None else limits.get("rlimit_nofile_soft")
@@ -336,10 +345,12 @@ INT_COLUMNS = (
 )
 
 
-def _typed(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """`frame` with exactly `columns`, in order, integer columns as nullable integers."""
+def _typed(
+    frame: pd.DataFrame, columns: list[str], ints: Iterable[str] = INT_COLUMNS
+) -> pd.DataFrame:
+    """`frame` with exactly `columns`, in order, integer columns (`ints`) as nullable integers."""
     frame = frame.reindex(columns=columns)
-    for name in INT_COLUMNS:
+    for name in ints:
         if name in columns and frame[name].dtype != bool:
             frame[name] = pd.to_numeric(frame[name], errors="coerce").round().astype("Int64")
     return frame
@@ -359,58 +370,111 @@ def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def collect(run_dir: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(per-client table, per-point table) of every point and master step of `run_dir`."""
-    run_dir = Path(run_dir)
-    run = run_dir.resolve().name
-    client_frames: list[pd.DataFrame] = []
-    rows: list[dict[str, Any]] = []
-    for group, path in point_dirs(run_dir):
-        doc = _read_json(path / "point.json", "point.json")
-        if doc is None:
-            continue
-        keys = point_keys(run, group, path, doc)
+class Tables(NamedTuple):
+    """The tables of a run, as `analysis` writes them."""
+
+    clients: pd.DataFrame  # analysis.csv
+    points: pd.DataFrame  # points.csv
+    resources: pd.DataFrame  # resources.csv
+    limits: pd.DataFrame  # limits.csv
+
+
+#: File name of each table in the run directory.
+FILES = Tables("analysis.csv", "points.csv", "resources.csv", "limits.csv")
+
+
+class _Rows:
+    """The rows of each table, gathered point by point."""
+
+    def __init__(self) -> None:
+        self.clients: list[pd.DataFrame] = []
+        self.points: list[dict[str, Any]] = []
+        self.resources: list[pd.DataFrame] = []
+        self.limits: list[dict[str, Any]] = []
+
+    def add_point(self, keys: dict[str, Any], doc: dict[str, Any], path: Path) -> None:
         clients = client_rows(keys, path)
         if clients is not None:
-            client_frames.append(clients)
-        rows.append(point_row(keys, doc, path, clients))
-    clients_df = pd.concat(client_frames, ignore_index=True) if client_frames else pd.DataFrame()
-    clients_df = _rounded(_typed(clients_df, CLIENT_COLUMNS))
-    points_df = _rounded(_typed(pd.DataFrame(rows), POINT_COLUMNS))
-    if len(points_df):
-        points_df = _order(points_df)
-    if len(clients_df):
-        clients_df = _order(clients_df, ["client_id"])
-    return clients_df, points_df
+            self.clients.append(clients)
+        limits = _read_json(path / "limits.json", "limits.json")
+        if limits is not None:
+            self.limits.append(host_tables.limit_row(keys, limits))
+        samples = host_tables.read_samples(path / "resources.parquet")
+        self.add_samples(keys, samples)
+        self.points.append(point_row(keys, doc, path, clients, limits or {}, samples))
+
+    def add_samples(self, keys: dict[str, Any], samples: pa.Table | None) -> None:
+        frame = host_tables.resource_rows(keys, samples)
+        if frame is not None:
+            self.resources.append(frame)
+
+    def tables(self) -> Tables:
+        clients = pd.concat(self.clients, ignore_index=True) if self.clients else pd.DataFrame()
+        clients = _rounded(_typed(clients, CLIENT_COLUMNS))
+        points = _rounded(_typed(pd.DataFrame(self.points), POINT_COLUMNS))
+        if len(points):
+            points = _order(points)
+        if len(clients):
+            clients = _order(clients, ["client_id"])
+        frames = pd.concat(self.resources, ignore_index=True) if self.resources else pd.DataFrame()
+        columns = list(dict.fromkeys([*host_tables.ROW_KEYS, *frames.columns]))
+        resources = _typed(frames, columns, host_tables.resource_ints(self.resources))
+        limits = pd.DataFrame(self.limits)
+        limits = _typed(limits, host_tables.LIMIT_COLUMNS, host_tables.LIMIT_INTS)
+        order = points["point"] if len(points) else pd.Series(dtype=str)
+        return Tables(
+            clients,
+            points,
+            host_tables.in_point_order(resources, order),
+            host_tables.in_point_order(limits, order),
+        )
 
 
-def write_tables(run_dir: Path | str) -> tuple[Path, Path]:
-    """Write run_dir/analysis.csv and run_dir/points.csv atomically; return their paths."""
+def collect(run_dir: Path | str) -> Tables:
+    """The tables of every point and master step of `run_dir`."""
     run_dir = Path(run_dir)
-    clients_df, points_df = collect(run_dir)
-    paths = []
-    for name, frame in (("analysis.csv", clients_df), ("points.csv", points_df)):
-        text = frame.to_csv(index=False, lineterminator="\n")
-        paths.append(atomic.write_text(run_dir / name, text))
-    return paths[0], paths[1]
+    run = run_dir.resolve().name
+    rows = _Rows()
+    for group, path in point_dirs(run_dir):
+        doc = _read_json(path / "point.json", "point.json")
+        if doc is not None:
+            rows.add_point(point_keys(run, group, path, doc), doc, path)
+    master = host_tables.read_samples(run_dir / "master" / "resources.parquet")
+    rows.add_samples(host_tables.master_keys(run), master)
+    return rows.tables()
 
 
-def read_tables(run_dir: Path | str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """analysis.csv and points.csv of `run_dir` as written, made first when either is missing."""
+def write_tables(run_dir: Path | str) -> Tables:
+    """Write the four tables into run_dir atomically; return their paths."""
     run_dir = Path(run_dir)
-    if not ((run_dir / "analysis.csv").is_file() and (run_dir / "points.csv").is_file()):
+    paths = [
+        atomic.write_text(run_dir / name, frame.to_csv(index=False, lineterminator="\n"))
+        for name, frame in zip(FILES, collect(run_dir))
+    ]
+    return Tables(*paths)
+
+
+def read_tables(run_dir: Path | str) -> Tables:
+    """The tables of `run_dir` as written; all are made first when one is missing."""
+    run_dir = Path(run_dir)
+    if not all((run_dir / name).is_file() for name in FILES):
         write_tables(run_dir)
     ints = {name: "Int64" for name in INT_COLUMNS}
     clients_df = pd.read_csv(
-        run_dir / "analysis.csv",
+        run_dir / FILES.clients,
         dtype={k: v for k, v in ints.items() if k in KEY_COLUMNS} | {"point": str},
     )
     points_df = pd.read_csv(
-        run_dir / "points.csv",
+        run_dir / FILES.points,
         dtype=ints | {"point": str, "verdicts": str, "errors": str},
         keep_default_na=False,
         na_values=[""],
     )
     for name in ("verdicts", "errors"):
         points_df[name] = points_df[name].fillna("")
-    return clients_df, points_df
+    return Tables(
+        clients_df,
+        points_df,
+        host_tables.read_resources(run_dir / FILES.resources),
+        host_tables.read_limits(run_dir / FILES.limits),
+    )
