@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 from msgprof.config import PointConfig
 from msgprof.experiment.point import ChildProcesses, ServerRun, server_argv, wait_ready
 from msgprof.experiment.verify import STORED_STATUSES, verify_queues
-from msgprof.store.queue import QueueReader
+from msgprof.store.reader import QueueReader
 
 MODES = ("write", "fsync", "buffer")
 #: Bounds on every wait, in seconds.

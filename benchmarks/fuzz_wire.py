@@ -66,7 +66,7 @@ from msgprof import atomic
 from msgprof.config import PointConfig
 from msgprof.experiment.point import ChildProcesses, ServerRun, run_load
 from msgprof.experiment.verify import verify_queues
-from msgprof.store.queue import QueueReader
+from msgprof.store.reader import QueueReader
 
 # --- the contract, read independently of msgprof.protocol (docs/protocol.md) ---------------------
 

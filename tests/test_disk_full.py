@@ -14,7 +14,7 @@ import pytest
 from conftest import Peer, fill_disk, running_server, small_tmpfs
 
 from msgprof.experiment.verify import verify_queues
-from msgprof.store.queue import QueueReader
+from msgprof.store.reader import QueueReader
 from msgprof.wire.payload import payload_for
 from msgprof.wire.protocol import Status
 

@@ -11,7 +11,7 @@ import pytest
 import zmq
 from conftest import Peer, running_server, server_process
 
-from msgprof.store.queue import QueueReader
+from msgprof.store.reader import QueueReader
 from msgprof.wire import protocol
 from msgprof.wire.protocol import MsgType, Status
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from msgprof.store.queue import QueueReader
+from msgprof.store.reader import QueueReader
 from msgprof.wire.payload import payload_for
 
 #: Client-side statuses that mean "the server holds this message".

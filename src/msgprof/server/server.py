@@ -22,7 +22,8 @@ import zmq
 
 from msgprof import atomic, limits
 from msgprof.config import ServerConfig
-from msgprof.store.queue import QueueStore, StoreError
+from msgprof.store.errors import StorageFull, StoreError
+from msgprof.store.queue import QueueStore
 from msgprof.wire import protocol, security
 from msgprof.wire.protocol import Rejected, Status, Unanswerable
 
@@ -40,6 +41,13 @@ FD_RESERVE = 64
 MAX_SERVICE_SAMPLES = 20_000_000
 
 _STATUS_NAMES = {int(s): s.name for s in Status}
+
+
+def store_status(err: StoreError) -> Status:
+    """The answer to a record the store refused: the store names its failures, the server
+    chooses the reply (STORAGE_FULL says a retry may succeed once there is room)."""
+    return Status.STORAGE_FULL if isinstance(err, StorageFull) else Status.STORAGE_ERROR
+
 
 _MONITOR_EVENTS = (
     zmq.EVENT_ACCEPTED
@@ -293,7 +301,7 @@ class Server:
             if status == Status.OK:
                 failure = failures.get(header.client_id) if failures else None
                 if failure is not None:
-                    status = failure.status
+                    status = store_status(failure)
                     counters.rejected[failure.kind] += 1
                 else:
                     stored += 1

@@ -14,6 +14,10 @@ bodies``, the crc covering the first 8 bytes and the table, each body being one 
 records in the segment record format (each with its own checksum).
 A new file is started (rotated) each time the store moves the logged records into their
 segments; files whose records all reached the segments are deleted.
+
+The entries live here with the log: the store builds a commit's entry as `append` frames its
+records (`entry_header`, `entry_without`, `first_seqs`), recovery and the reader parse and walk
+them (`parse_wal`, `entry_walk`, `client_records`).
 """
 
 from __future__ import annotations
@@ -22,30 +26,42 @@ import errno
 import os
 import re
 import struct
+from collections.abc import Container, Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 from msgprof.store.checksum import crc32
+from msgprof.store.segment import (
+    CRC,
+    RECORD_HEADER,
+    RECORD_HEADER_SIZE,
+    SEQ,
+    Record,
+    Walk,
+    numbered_files,
+    read_file,
+    sealed,
+    write_all,
+)
 
-WAL_DIR = ".wal"
 WAL_MAGIC = b"MPWL"
 WAL_VERSION = 1
 WAL_HEADER = struct.Struct("<4sHHQI")
 WAL_HEADER_SIZE = WAL_HEADER.size  # 20
 ENTRY_HEAD = struct.Struct("<II")  # count, bodies_len; then crc32 u32 and the table
 ENTRY_FIXED_SIZE = ENTRY_HEAD.size + 4  # 12
-_CRC = struct.Struct("<I")
 _NAME = re.compile(r"^(\d{20})\.wal$")
 _OPEN_NEW = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 def wal_name(number: int) -> str:
+    """A log file's name: its number, so names sort in the order the files were started."""
     return f"{number:020d}.wal"
 
 
 def wal_header(number: int) -> bytes:
-    head = WAL_HEADER.pack(WAL_MAGIC, WAL_VERSION, WAL_HEADER_SIZE, number, 0)[:16]
-    return head + _CRC.pack(crc32(head))
+    """The 20-byte header that starts every log file."""
+    return sealed(WAL_HEADER.pack(WAL_MAGIC, WAL_VERSION, WAL_HEADER_SIZE, number, 0)[:16])
 
 
 def entry_header(table: list[int], bodies_len: int) -> bytes:
@@ -53,17 +69,37 @@ def entry_header(table: list[int], bodies_len: int) -> bytes:
     count = len(table) // 2
     packed = struct.pack(f"<{len(table)}I", *table)
     head = ENTRY_HEAD.pack(count, bodies_len)
-    return head + _CRC.pack(crc32(packed, crc32(head))) + packed
+    return head + CRC.pack(crc32(packed, crc32(head))) + packed
+
+
+def entry_without(
+    table: list[int], parts: list[bytes], refused: Container[int]
+) -> tuple[list[int], list[bytes]]:
+    """A commit's log entry (table, parts) without the records of the `refused` clients.
+
+    `table` is client_id, record bytes, ... per record; `parts[0]` is left for the entry's
+    header, then header, payload, ... of each record."""
+    kept_table: list[int] = []
+    kept_parts: list[bytes] = [b""]
+    for i in range(0, len(table), 2):
+        if table[i] not in refused:
+            kept_table += table[i : i + 2]
+            kept_parts += parts[i + 1 : i + 3]
+    return kept_table, kept_parts
+
+
+def first_seqs(table: list[int], parts: list[bytes]) -> dict[int, int]:
+    """Each client's first seq in a commit's log entry (table, parts)."""
+    firsts: dict[int, int] = {}
+    for i in range(0, len(table), 2):
+        if table[i] not in firsts:
+            firsts[table[i]] = SEQ.unpack_from(parts[i + 1], 8)[0]
+    return firsts
 
 
 def wal_files(directory: Path) -> list[tuple[int, Path]]:
     """(number, path) of the log files in `directory`, oldest first; [] if there is none."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    found = [(int(m.group(1)), directory / name) for name in names if (m := _NAME.match(name))]
-    return sorted(found)
+    return numbered_files(directory, _NAME)[0]
 
 
 class WalEntry(NamedTuple):
@@ -90,8 +126,7 @@ class UnsupportedWal(Exception):
 
 def read_wal(path: Path) -> WalContents:
     """Parse one log file (see `parse_wal`)."""
-    with open(path, "rb") as f:
-        return parse_wal(memoryview(f.read()), path)
+    return parse_wal(memoryview(read_file(path)), path)
 
 
 def parse_wal(buf: memoryview, path: Path) -> WalContents:
@@ -113,7 +148,7 @@ def parse_wal(buf: memoryview, path: Path) -> WalContents:
         if size - pos < ENTRY_FIXED_SIZE:
             return WalContents(entries, pos, size, "incomplete_entry")
         count, bodies_len = ENTRY_HEAD.unpack_from(buf, pos)
-        (crc,) = _CRC.unpack_from(buf, pos + ENTRY_HEAD.size)
+        (crc,) = CRC.unpack_from(buf, pos + ENTRY_HEAD.size)
         table_at = pos + ENTRY_FIXED_SIZE
         body = table_at + 8 * count
         if body + bodies_len > size:  # a damaged count or length reads as one, too
@@ -129,6 +164,29 @@ def parse_wal(buf: memoryview, path: Path) -> WalContents:
             body += length
         pos = body
     return WalContents(entries, pos, size, None)
+
+
+def entry_walk(body: memoryview) -> Walk | None:
+    """A walk over the records of one entry's body, which start at whatever seq the first one
+    carries; None if the body cannot hold a record."""
+    if len(body) < RECORD_HEADER_SIZE:
+        return None
+    return Walk(body, RECORD_HEADER.unpack_from(body)[2], start=0)
+
+
+def client_records(f: BinaryIO, path: Path, client_id: int, last: int) -> Iterator[Record]:
+    """The client's records in one open log file that continue the sequence after `last`."""
+    buf = memoryview(f.read())
+    for entry in parse_wal(buf, path).entries:
+        walk = entry_walk(entry.body) if entry.client_id == client_id else None
+        if walk is None:
+            continue
+        for offset, seq, payload in walk:
+            if seq > last:
+                if seq != last + 1:
+                    return
+                last = seq
+                yield Record(seq, bytes(payload), path, entry.offset + offset)
 
 
 class WriteAheadLog:
@@ -161,7 +219,8 @@ class WriteAheadLog:
         self.files_started += 1
 
     def append(self, data: bytes) -> None:
-        """Append `data` (whole entries) with one write(). On failure the file is cut back to
+        """Append `data` (whole entries) with one write() (`write_all` goes on after a short
+        one, as for segments). On failure the file is cut back to
         where it was, so no torn entry is left for later appends to follow; if even that
         fails the log goes on in a new file, and if that fails too it refuses every append."""
         if self._broken is not None:
@@ -170,10 +229,7 @@ class WriteAheadLog:
         if self._size == 0:
             data = wal_header(self._number) + data
         try:
-            written = os.write(self._fd, data)
-            if written != len(data):  # a short write: the rest does not fit
-                what = f"short write to {self._path} ({written} of {len(data)} bytes)"
-                raise OSError(errno.ENOSPC, what)
+            write_all(self._fd, data)
         except OSError:
             self._cut_back()
             raise

@@ -1,0 +1,119 @@
+"""How written files are made durable: fdatasync of each file, or one syncfs(2) of the store's
+filesystem, which Python's os module does not offer (bound here through libc).
+
+syncfs is only trusted where it reports write-back errors (Linux 5.8 on); `open_syncfs`
+decides once, when the store opens, and the segment writer then picks per batch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import logging
+import os
+import platform
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from msgprof.store.errors import FULL_ERRNOS
+
+#: "auto" takes one syncfs instead of fdatasyncs from this many files written in one batch on.
+SYNCFS_MIN_FILES = 3
+#: syncfs(2) reports write-back errors (errseq on the superblock) only from Linux 5.8 on.
+SYNCFS_MIN_KERNEL = (5, 8)
+_log = logging.getLogger("msgprof.store")
+
+#: The syncfs hook: f(fd) syncs the filesystem of fd, raising OSError.
+Syncfs = Callable[[int], None]
+#: What `open_syncfs` decided: (hook or None, descriptor of the root or -1, sync_method).
+SyncfsSetup = tuple[Syncfs | None, int, str]
+
+
+@functools.cache
+def load_syncfs() -> Syncfs | None:
+    """syncfs(2) through libc as `f(fd)` raising OSError, or None where libc has none."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+
+    def syncfs(fd: int) -> None:
+        if fn(fd) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    return syncfs
+
+
+def kernel_version() -> tuple[int, int]:
+    """(major, minor) of the running Linux kernel; (0, 0) elsewhere or when unreadable."""
+    if platform.system() != "Linux":
+        return (0, 0)
+    match = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+
+
+def open_syncfs(root: Path, sync_method: str) -> SyncfsSetup:
+    """(hook, descriptor of root to call it on, effective sync_method) for a store at `root`.
+
+    syncfs is enabled if libc has it, the kernel reports write-back errors through it and a
+    first call on the root directory works. That call also takes in any write-back error the
+    filesystem had before this store opened, so no commit is blamed for it. Otherwise ``auto``
+    falls back to fdatasync (no hook, descriptor -1) and ``syncfs`` raises ValueError.
+    """
+    if sync_method == "fdatasync":
+        return None, -1, sync_method
+    fn = load_syncfs()
+    if fn is None:
+        problem = "libc has no syncfs()"
+    elif kernel_version() < SYNCFS_MIN_KERNEL:
+        problem = f"Linux {platform.release()} < 5.8: syncfs() does not report I/O errors"
+    else:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fn(fd)
+        except OSError as exc:
+            if exc.errno not in (errno.EIO, *FULL_ERRNOS):
+                os.close(fd)
+                fn, problem = None, f"syncfs() failed: {exc.strerror or exc}"
+            else:
+                _log.warning("%s: an earlier write-back error: %s", root, exc)
+        if fn is not None:
+            return fn, fd, sync_method
+    if sync_method == "syncfs":
+        raise ValueError(f"sync_method 'syncfs' is not available: {problem}")
+    _log.info("%s: fdatasync only (%s)", root, problem)
+    return None, -1, "fdatasync"
+
+
+def fdatasync_result(fd: int) -> OSError | None:
+    """fdatasync one descriptor; the error instead of raising it (syncs run in a pool)."""
+    try:
+        os.fdatasync(fd)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def fdatasync_path(path: str) -> OSError | None:
+    """Open a closed file again and fdatasync it; the error, if any."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return exc
+    try:
+        return fdatasync_result(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: Path | str) -> None:
+    """fsync a directory, which makes its new, renamed and removed entries durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
