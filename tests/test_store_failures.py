@@ -26,11 +26,7 @@ from msgprof.store import modes
 from msgprof.store.errors import StorageFailure, StorageFull
 from msgprof.store.queue import QueueStore
 from msgprof.store.reader import QueueReader
-from msgprof.store.segment import (
-    RECORD_HEADER_SIZE,
-    SEGMENT_HEADER_SIZE,
-    segment_name,
-)
+from msgprof.store.segment import RECORD_HEADER_SIZE, SEGMENT_HEADER_SIZE, segment_name
 from msgprof.store.wal import read_wal
 from msgprof.wire.protocol import Status
 

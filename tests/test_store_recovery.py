@@ -9,13 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from store_helpers import (
-    fill,
-    payload,
-    segment_bytes_on_disk,
-    segments,
-    stored,
-)
+from store_helpers import fill, payload, segment_bytes_on_disk, segments, stored
 
 from msgprof.store.errors import StorageFailure
 from msgprof.store.queue import QueueStore

@@ -6,12 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from store_helpers import (
-    fill,
-    payload,
-    segments,
-    stored,
-)
+from store_helpers import fill, payload, segments, stored
 
 from msgprof.store import sync
 from msgprof.store.queue import QueueStore
