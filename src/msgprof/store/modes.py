@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
+from typing import Any
 
 from msgprof.store.checksum import crc32
 from msgprof.store.client import Client
@@ -57,7 +58,6 @@ class Mode(ABC):
         self._writer = writer
         self._clients = writer.clients
         self._counts = writer.counts
-        self._lock = threading.Lock()  # buffered data and sticky errors (shared with flusher)
 
     @abstractmethod
     def append(self, client_id: int, seq: int, payload: bytes) -> None: ...
@@ -86,7 +86,7 @@ class Mode(ABC):
         return 0
 
     def wal_figures(self) -> tuple[int, int]:
-        """(bytes written to, files started of) the write-ahead log."""
+        """(bytes written, files started) of the write-ahead log; zeros without one."""
         return 0, 0
 
     def _settle(
@@ -111,8 +111,8 @@ class Mode(ABC):
 class _Pending(Mode):
     """Appends wait in each client's `pending` list until the commit (fsync, buffer)."""
 
-    def __init__(self, writer: SegmentWriter, **options: float) -> None:
-        super().__init__(writer, **options)  # type: ignore[arg-type]
+    def __init__(self, writer: SegmentWriter, **options: Any) -> None:
+        super().__init__(writer, **options)  # cooperative: BufferMode's next class is _Background
         self._dirty: list[Client] = []  # clients with appends since the commit
         self._closed = False
 
@@ -152,6 +152,7 @@ class _Background(Mode):
             writer, flush_interval_ms=flush_interval_ms, max_buffer_bytes=max_buffer_bytes
         )
         self._interval = flush_interval_ms / 1000.0
+        self._lock = threading.Lock()  # buffered data and sticky errors (shared with flusher)
         self._max_buffer = max_buffer_bytes
         self._buffered: dict[int, Client] = {}  # clients with buffered data
         self._buffered_bytes = 0
