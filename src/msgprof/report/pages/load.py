@@ -81,17 +81,32 @@ def _messages_legend(points: pd.DataFrame) -> list[Line2D]:
     return handles
 
 
+#: The pages of points against their load: (title, subtitle) by the column each needs.
+LOAD_PAGES = {
+    "rtt_p50_us": (
+        "RTT quantiles vs clients",
+        (
+            "exact quantiles over every OK round trip of a point (not averages of per-client "
+            "values); line through the median of repetitions"
+        ),
+    ),
+    "throughput_msgs_per_s": (
+        "Throughput vs clients, and the closed-loop check",
+        (
+            "throughput = acknowledged messages per second while all clients were active (or "
+            "over the whole load window when they never were)"
+        ),
+    ),
+}
+
+
 def _load_page(
-    report: Report,
-    pdf: PdfPages,
-    title: str,
-    subtitle: str,
-    column: str,
-    margins: dict[str, float],
+    report: Report, pdf: PdfPages, column: str, margins: dict[str, float]
 ) -> tuple[pd.DataFrame, Figure, list[Any]] | None:
-    """Start a page of points against their load: (points, figure, axes); None when no point
-    has a `column` value (the page is then saved with a note). Two panels when `margins` has
-    a `wspace`, else one."""
+    """Start a page of points against their load (LOAD_PAGES): (points, figure, axes); None
+    when no point has a `column` value (the page is then saved with a note). Two panels when
+    `margins` has a `wspace`, else one."""
+    title, subtitle = LOAD_PAGES[column]
     points, what = _sweep_or_all(report.points)
     fig = report.new_page(title, f"{what}; {subtitle}")
     axes = list(np.atleast_1d(fig.subplots(1, 2 if "wspace" in margins else 1)))
@@ -105,15 +120,8 @@ def _load_page(
 
 
 def rtt_page(report: Report, pdf: PdfPages) -> None:
-    page = _load_page(
-        report,
-        pdf,
-        "RTT quantiles vs clients",
-        "exact quantiles over every OK round trip of a point (not averages of per-client values); "
-        "line through the median of repetitions",
-        "rtt_p50_us",
-        {"left": 0.08, "right": 0.78, "top": 0.89, "bottom": 0.09},
-    )
+    margins = {"left": 0.08, "right": 0.78, "top": 0.89, "bottom": 0.09}
+    page = _load_page(report, pdf, "rtt_p50_us", margins)
     if page is None:
         return
     points, fig, (ax,) = page
@@ -192,15 +200,8 @@ def _closed_loop_panel(report: Report, ax: Any, points: pd.DataFrame) -> None:
 
 
 def throughput_page(report: Report, pdf: PdfPages) -> None:
-    page = _load_page(
-        report,
-        pdf,
-        "Throughput vs clients, and the closed-loop check",
-        "throughput = acknowledged messages per second while all clients were active (or over the "
-        "whole load window when they never were)",
-        "throughput_msgs_per_s",
-        {"left": 0.07, "right": 0.9, "top": 0.88, "bottom": 0.1, "wspace": 0.3},
-    )
+    margins = {"left": 0.07, "right": 0.9, "top": 0.88, "bottom": 0.1, "wspace": 0.3}
+    page = _load_page(report, pdf, "throughput_msgs_per_s", margins)
     if page is None:
         return
     points, fig, (left, right) = page
