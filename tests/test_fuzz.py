@@ -1,16 +1,18 @@
-"""Fuzzing the wire, the fast variant of benchmarks/fuzz_wire.py.
+"""Fuzzing the wire, the fast variant of the fuzzer tool in tests/tools/fuzz_wire.
 
 The fuzzer's oracle (its own reading of docs/protocol.md) must agree with msgprof.protocol; a
 live server must count and answer whatever frames hypothesis draws as the oracle says and keep
 serving a legitimate client; raw byte streams must reach the server exactly as the fuzzer's
 ZMTP/1.0 decoding predicts; and a small fuzzing run (5,000+ malformed messages, raw
 connections, legitimate clients before, during and after) must pass every check of the full one.
+The tool itself must start as documented, build its fuzzers' command lines from its own parser,
+and hold nothing pytest would collect as tests.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import struct
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -24,23 +26,16 @@ from hypothesis import strategies as st
 from msgprof.wire import protocol, security
 from msgprof.wire.protocol import Rejected, Status, Unanswerable
 
+TOOLS = Path(__file__).resolve().parent / "tools"
+sys.path.insert(0, str(TOOLS))  # the tool is a package of tests/tools, not of the test suite
+from fuzz_wire import checks, contract, options, raw, run, streams
 
-def _load_fuzz_wire():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "fuzz_wire.py"
-    spec = importlib.util.spec_from_file_location("fuzz_wire", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_wire"] = module  # dataclasses look their module up while being made
-    spec.loader.exec_module(module)
-    return module
-
-
-fw = _load_fuzz_wire()
 MAX_PAYLOAD = 100
 LEGIT_ID = 1
 
 
 def _pack(fields: tuple) -> bytes:
-    return fw.HEADER.pack(*fields)
+    return contract.HEADER.pack(*fields)
 
 
 _headers = st.tuples(
@@ -78,13 +73,13 @@ def test_fuzzer_oracle_agrees_with_the_protocol_module(frames):
         kind, status = err.kind, None
     except Rejected as err:
         kind, status = err.kind, err.status
-    assert fw.classify(frames, MAX_PAYLOAD)[0] == kind
-    assert fw.ANSWERED.get(kind) == status
+    assert contract.classify(frames, MAX_PAYLOAD)[0] == kind
+    assert contract.ANSWERED.get(kind) == status
 
 
 def test_server_counts_and_answers_hypothesis_frames_and_keeps_serving(tmp_path, zctx):
-    model = fw.SequenceModel()
-    tally = fw.Tally()
+    model = contract.SequenceModel()
+    tally = contract.Tally()
     legit_seq = 0
     probe = _pack((b"MP", 1, 7, 0, 0, 0, 5, 1, 0))  # bad_type: always answered, closes each example
     with running_server(tmp_path / "q", max_payload_bytes=MAX_PAYLOAD) as server:
@@ -95,22 +90,24 @@ def test_server_counts_and_answers_hypothesis_frames_and_keeps_serving(tmp_path,
         @given(frames=FRAMES)
         def check(frames):
             nonlocal legit_seq
-            kind, echo = fw.classify(frames, MAX_PAYLOAD)
+            kind, echo = contract.classify(frames, MAX_PAYLOAD)
             assume(kind != "valid" or echo[0] != LEGIT_ID)
-            status = fw.ANSWERED.get(kind)
+            status = contract.ANSWERED.get(kind)
             if kind == "valid":
                 kind, status = model.decide(echo[0], echo[1], connection=0)
             fuzz.send(*frames)
             fuzz.send(probe)
             tally.add(kind, status)
-            tally.add("bad_type", fw.MALFORMED)
+            tally.add("bad_type", contract.MALFORMED)
             replies = [
                 fuzz.sock.recv_multipart()
                 for _ in range(1 + (status is not None))
                 if fuzz.sock.poll(5000)
             ]
-            expected = [fw.ack_bytes(status, echo)] if status is not None else []
-            assert replies == [[b] for b in [*expected, fw.ack_bytes(fw.MALFORMED, (5, 1, 0))]]
+            expected = [contract.ack_bytes(status, echo)] if status is not None else []
+            assert replies == [
+                [b] for b in [*expected, contract.ack_bytes(contract.MALFORMED, (5, 1, 0))]
+            ]
             legit_seq += 1
             legit.data(LEGIT_ID, legit_seq)
             ack = legit.ack()
@@ -135,29 +132,31 @@ def _raw_stream(data: bytes) -> bytes:
 _stream_parts = st.one_of(
     st.binary(min_size=1, max_size=300).map(_raw_stream),
     st.lists(FRAMES, min_size=1, max_size=4).map(
-        lambda messages: fw.zmtp1_frame(b"", more=False) + fw.framed(messages, fw.zmtp1_frame)
+        lambda messages: (
+            streams.zmtp1_frame(b"", more=False) + streams.framed(messages, streams.zmtp1_frame)
+        )
     ),
 )
 
 
 def test_raw_bytes_reach_the_server_as_the_zmtp1_decoding_predicts(tmp_path):
     """Whatever the probe finds (libzmq refuses ZMTP/1.0 when ZAP is on), the counts follow it."""
-    tally = fw.Tally()
+    tally = contract.Tally()
     endings = Counter()
     with running_server(tmp_path / "q", max_payload_bytes=MAX_PAYLOAD) as server:
         host, port = server.endpoint.removeprefix("tcp://").rsplit(":", 1)
-        accepted = fw.probe_zmtp1((host, int(port)))
+        accepted = raw.probe_zmtp1((host, int(port)))
         if accepted:
-            tally.add("bad_type", fw.MALFORMED)
+            tally.add("bad_type", contract.MALFORMED)
 
         @settings(max_examples=60, deadline=None)
         @given(stream=_stream_parts)
         def check(stream):
-            delivered = fw.zmtp1_delivered(stream) if accepted else []
-            assume(all(fw.classify(m, MAX_PAYLOAD)[0] != "valid" for m in delivered))
-            endings[fw.raw_exchange((host, int(port)), False, stream)] += 1
+            delivered = streams.zmtp1_delivered(stream) if accepted else []
+            assume(all(contract.classify(m, MAX_PAYLOAD)[0] != "valid" for m in delivered))
+            endings[raw.raw_exchange((host, int(port)), False, stream)] += 1
             for frames in delivered:
-                tally.add(*fw.outcome_of(frames, MAX_PAYLOAD))
+                tally.add(*contract.outcome_of(frames, MAX_PAYLOAD))
 
         check()
         deadline = time.monotonic() + 10
@@ -178,35 +177,41 @@ def test_with_curve_raw_bytes_deliver_nothing(tmp_path):
     client_public, _secret = security.keygen(tmp_path / "clients", "client")
     (tmp_path / "allow").mkdir()
     (tmp_path / "allow" / "client.key").write_bytes(client_public.read_bytes())
-    stored_without_curve = fw.zmtp1_frame(b"", more=False) + fw.framed(
-        [[protocol.encode_data(5, 1, 0), b"p"]], fw.zmtp1_frame
+    stored_without_curve = streams.zmtp1_frame(b"", more=False) + streams.framed(
+        [[protocol.encode_data(5, 1, 0), b"p"]], streams.zmtp1_frame
     )
-    streams = [stored_without_curve, b"GET / HTTP/1.1\r\n" + b"x" * 300, fw.GREETING + b"junk"]
+    sent = [stored_without_curve, b"GET / HTTP/1.1\r\n" + b"x" * 300, streams.GREETING + b"junk"]
     with running_server(
         tmp_path / "q", curve_secret=secret, curve_allow=tmp_path / "allow"
     ) as server:
         host, port = server.endpoint.removeprefix("tcp://").rsplit(":", 1)
-        for stream in streams:
-            fw.raw_exchange((host, int(port)), False, stream)
+        for stream in sent:
+            raw.raw_exchange((host, int(port)), False, stream)
     stats = server.final_stats
     assert stats["received"] == 0 and stats["stored"] == 0
-    assert stats["connections"]["accepted"] == len(streams)
+    assert stats["connections"]["accepted"] == len(sent)
 
 
 def test_zmtp1_decoding_of_a_hand_framed_stream():
     header = protocol.encode_header(7, 9, 1)
-    stream = fw.zmtp1_frame(b"id", more=True) + fw.framed([[header, b"p"], [b""]], fw.zmtp1_frame)
-    assert fw.zmtp1_delivered(stream) == [[header, b"p"], [b""]]
-    assert fw.zmtp1_delivered(stream[:-1]) == [[header, b"p"]]  # a frame cut short is not delivered
-    assert fw.zmtp1_delivered(b"\x01\x00\x00" + stream) == []  # size 0: the peer is dropped
-    long_frame = fw.zmtp1_frame(b"y" * 300, more=False)
+    stream = streams.zmtp1_frame(b"id", more=True) + streams.framed(
+        [[header, b"p"], [b""]], streams.zmtp1_frame
+    )
+    assert streams.zmtp1_delivered(stream) == [[header, b"p"], [b""]]
+    assert streams.zmtp1_delivered(stream[:-1]) == [
+        [header, b"p"]
+    ]  # a frame cut short is not delivered
+    assert streams.zmtp1_delivered(b"\x01\x00\x00" + stream) == []  # size 0: the peer is dropped
+    long_frame = streams.zmtp1_frame(b"y" * 300, more=False)
     assert long_frame[:9] == b"\xff" + struct.pack("!Q", 301)
-    assert fw.zmtp1_delivered(fw.zmtp1_frame(b"", more=False) + long_frame) == [[b"y" * 300]]
+    assert streams.zmtp1_delivered(streams.zmtp1_frame(b"", more=False) + long_frame) == [
+        [b"y" * 300]
+    ]
 
 
 @pytest.mark.slow
 def test_small_fuzzing_run_passes_every_check(tmp_path):
-    config = fw.FuzzConfig(
+    config = options.FuzzConfig(
         messages=5000,
         raw_connections=300,
         legit_clients=5,
@@ -214,13 +219,55 @@ def test_small_fuzzing_run_passes_every_check(tmp_path):
         time_limit_s=120,
         seed=11,
     )
-    report = fw.run_fuzz(config, tmp_path / "fuzz")
-    assert fw.check(report) == []
+    report = run.run_fuzz(config, tmp_path / "fuzz")
+    assert checks.check(report) == []
     assert report["server_exit"] == 0
     assert report["dealer"]["malformed"] >= 5000
     assert report["verification"]["lost"] == 0
     counted = report["server"]["rejected"]
-    assert all(counted.get(kind, 0) > 0 for kind in fw.KINDS if kind != "no_frames"), counted
+    assert all(counted.get(kind, 0) > 0 for kind in contract.KINDS if kind != "no_frames"), counted
     assert report["raw"]["messages"] > 0  # raw bytes did reach the server as ZMTP/1.0 messages
-    table = fw.format_report(report, [])
+    table = checks.format_report(report, [])
     assert "with fuzzer" in table and "checks: all passed" in table
+
+
+def test_worker_command_lines_come_from_the_parser_and_parse_back() -> None:
+    values = {
+        "worker": "dealer",
+        "endpoint": "tcp://127.0.0.1:5555",
+        "dir": "/tmp/flags",
+        "index": 1,
+        "seed": 7,
+        "quota": 500,
+        "batch": 100,
+        "time_limit_s": 12.5,
+        "max_payload_bytes": 1024,
+    }
+    argv = options.worker_argv(**values)
+    assert argv[:2] == [sys.executable, str(options.PACKAGE_DIR)]
+    parsed = vars(options.build_parser().parse_args(argv[2:]))
+    assert {name: parsed[name] for name in values} == values
+    with pytest.raises(ValueError, match="not options"):
+        options.worker_argv(workers=2)
+    with pytest.raises(ValueError, match="parse back"):
+        options.worker_argv(index="1")  # a value of the wrong type would reach the fuzzer changed
+
+
+def test_tool_starts_as_documented() -> None:
+    root = TOOLS.parents[1]
+    done = subprocess.run(
+        [sys.executable, "tests/tools/fuzz_wire", "--help"],
+        cwd=root,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--raw-connections" in done.stdout and "Fuzzing the wire" in done.stdout
+    assert "--worker" not in done.stdout  # the fuzzer processes' options stay hidden
+
+
+def test_tool_modules_are_not_collected_as_tests() -> None:
+    names = [p.name for p in TOOLS.rglob("*.py")]
+    assert names and not [n for n in names if n.startswith("test_") or n.endswith("_test.py")]
