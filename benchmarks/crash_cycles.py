@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from msgprof.config import PointConfig
+from msgprof.config import ClientConfig, PointConfig, command_argv
 from msgprof.experiment.point import ChildProcesses, ServerRun, server_argv, wait_ready
 from msgprof.experiment.verify import STORED_STATUSES, verify_queues
 from msgprof.store.reader import QueueReader
@@ -199,11 +199,16 @@ class ClientRun:
         lo, hi = self.next_id, self.next_id + s.clients - 1
         self.next_id = hi + 1
         out = self.work / f"client-{len(self.runs)}"
-        argv = [sys.executable, "-m", "msgprof", "client",
-                "--endpoint", endpoint, "--client-ids", f"{lo}-{hi}",
-                "--messages", str(s.messages), "--payload-bytes", str(s.payload_bytes),
-                "--timeout-s", str(s.timeout_s), "--deadline-s", str(s.client_deadline_s),
-                "--resend", "--out", str(out)]  # fmt: skip
+        client = ClientConfig(
+            endpoint,
+            range(lo, hi + 1),
+            s.messages,
+            payload_bytes=s.payload_bytes,
+            timeout_s=s.timeout_s,
+            deadline_s=s.client_deadline_s,
+            resend=True,
+        )
+        argv = [sys.executable, "-m", "msgprof", *command_argv("client", client, out=out)]
         log = self.work / f"{out.name}.log"
         proc = self.procs.start(out.name, argv, log)
         self.runs.append((proc, out, (lo, hi)))

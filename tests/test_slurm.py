@@ -88,7 +88,7 @@ def test_cpus_per_node_expands_slurm_notation():
 def test_srun_outside_an_allocation_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
     with pytest.raises(ValueError, match="needs a SLURM allocation"):
-        PointConfig(clients=1, messages=1, launcher="srun")
+        launch.check("srun", None)
     env = {k: v for k, v in ENV.items() if k != "SLURM_JOB_ID"}
     done = subprocess.run(
         [sys.executable, "-m", "msgprof", "point", "--clients", "1", "--messages", "1",
@@ -105,7 +105,7 @@ def test_srun_puts_clients_on_the_other_nodes(monkeypatch):
     place = launch.placement(config)
     assert place.server_node == "n1" and place.client_nodes == ("n2", "n3")
     assert place.bind == "tcp://127.0.0.1:0" and not place.co_located
-    assert config.client_processes() == 8  # the CPUs of the client nodes
+    assert launch.client_processes(config) == 8  # the CPUs of the client nodes
     argv = launch.client_argv(config, 1, 8, ["python", "-m", "msgprof", "client"])
     srun = argv[argv.index("srun") :]
     assert srun[:8] == [

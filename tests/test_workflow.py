@@ -122,15 +122,3 @@ def test_curve_sweep_plans_a_curve_twin_of_every_point(tmp_path):
     assert "--out results/tiny/points/3-4-1 " in text
     assert "--curve --out results/tiny/points/3-4-1-curve " in text
 
-
-def test_default_config_is_the_schema_defaults():
-    """config/config.yaml and the schema's defaults describe the same default sweep, so a
-    config file that leaves a key out gets what the default config says."""
-    from snakemake.utils import validate
-
-    schema = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
-    from_schema: dict = {}
-    validate(from_schema, schema, set_default=True)
-    default = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    validate(default, schema, set_default=True)
-    assert default == from_schema

@@ -1,143 +1,75 @@
-"""The settings of each role (server, client, point): every default and check in one place.
+"""The settings of each role: every default, unit, help text and check, declared once.
 
-The command line, child-process command lines and the workflow schema all take their defaults
-from these models.
+One model per role: ServerConfig (`msgprof server`), ClientConfig (`msgprof client`) and
+PointConfig (`msgprof point` and `msgprof master`; the workflow's config/config.yaml and its schema
+describe the same settings, and tests/test_config.py holds them to these defaults). Each field
+holds its default and how the command line gives and checks it (msgprof.setting). From these:
+
+- the options of `msgprof server|client|point|master` (msgprof.cli generates them from COMMANDS);
+- the command line of every child process (`command_argv`: the experiment starts its server and
+  client processes with it, the workflow its points and the master case);
+- the checks: a value is checked once, where it enters, by argparse when it comes from a command
+  line and by the model's constructor when it comes from code, with the setting's one check.
+
+A setting two roles share is declared in one base: ServerOptions (what a point passes on to its
+server) and LoadOptions (what a point passes on to its client processes).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
+from typing import Any
 
-from msgprof.experiment import launch
+from msgprof.setting import (
+    Checked,
+    Setting,
+    choice,
+    flag,
+    non_negative_int,
+    path,
+    positive_float,
+    positive_int,
+    reworded,
+    setting,
+    settings_of,
+    switch,
+)
 from msgprof.wire.protocol import MAX_CLIENT_ID
 
 ACK_MODES = ("buffer", "write", "fsync")
 SYNC_METHODS = ("auto", "fdatasync", "syncfs")
 STORE_KINDS = ("file", "none")
+START_MODES = ("on_connect", "all_connected")
+EVENT_LOOPS = ("auto", "epoll", "poller")
+#: Where a point's client processes run (msgprof.experiment.launch).
+LAUNCHERS = ("local", "srun")
 
 #: At most this many ids in one process (a typo such as "1-2000000000" fails early).
 MAX_IDS_PER_PROCESS = 1_000_000
 _ID_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
 
 
-@dataclass(frozen=True, kw_only=True)
-class ServerOptions:
-    """The server options a sweep point also takes (and passes on): one place for their defaults."""
-
-    store: str = "file"
-    ack_after: str = "write"
-    sync_method: str = "auto"
-    flush_interval_ms: float = 10.0
-    backlog: int = 1024
-    max_open_files: int = 256
-    max_payload_bytes: int = 1 << 20
-    rlimit_nofile: int | None = None
+# --- checks and the form of client ids -------------------------------------------------------
 
 
-@dataclass(frozen=True, kw_only=True)
-class ServerConfig(ServerOptions):
-    """Everything `msgprof server` is told; recorded verbatim in its stats."""
-
-    data_dir: Path | None = None
-    ready_file: Path | None = None
-    bind: str = "tcp://127.0.0.1:0"
-    max_sockets: int = 1024
-    stats_out: Path | None = None
-    heartbeat_ms: int = 10_000
-    handshake_timeout_ms: int = 10_000
-    curve_secret: Path | None = None
-    curve_allow: Path | None = None
-
-    def check(self) -> None:
-        """Raise ValueError with a user-facing message for an impossible configuration."""
-        if self.store not in STORE_KINDS:
-            raise ValueError(f"--store must be one of {', '.join(STORE_KINDS)}, not {self.store!r}")
-        if self.store == "file" and self.data_dir is None:
-            raise ValueError("--data-dir is required unless --store none")
-        if self.ack_after not in ACK_MODES:
-            raise ValueError(f"--ack-after must be one of {', '.join(ACK_MODES)}")
-        if self.sync_method not in SYNC_METHODS:
-            raise ValueError(f"--sync-method must be one of {', '.join(SYNC_METHODS)}")
-        for name in ("backlog", "max_open_files", "max_sockets"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.flush_interval_ms <= 0:
-            raise ValueError("--flush-interval-ms must be positive")
-        if self.max_payload_bytes < 0:
-            raise ValueError("--max-payload-bytes must not be negative")
-        if (self.curve_secret is None) != (self.curve_allow is None):
-            raise ValueError("CURVE needs both --curve-secret and --curve-allow")
-        if self.heartbeat_ms < 0 or self.handshake_timeout_ms < 0:
-            raise ValueError("--heartbeat-ms and --handshake-timeout-ms must not be negative")
-        if not self.bind.startswith(("tcp://", "ipc://", "inproc://")):
-            raise ValueError(f"--bind must be a ZeroMQ endpoint like tcp://127.0.0.1:0, not {self.bind!r}")
+def zmq_endpoint(value: str) -> str | None:
+    if value.startswith(("tcp://", "ipc://", "inproc://")):
+        return None
+    return f"must be a ZeroMQ endpoint like tcp://127.0.0.1:0, not {value!r}"
 
 
-@dataclass(frozen=True)
-class ClientConfig:
-    """What one load-generator process plays. Times are seconds."""
-
-    endpoint: str
-    #: Ids this process plays; each gets its own DEALER socket and TCP connection.
-    client_ids: Sequence[int]
-    #: Messages per client (0: connect only, to measure setup time).
-    messages: int
-    payload_bytes: int = 64
-    #: Per message: a reply not seen within this is recorded as TIMEOUT.
-    timeout_s: float = 5.0
-    #: Whole run: when passed, stop; in-flight messages are TIMEOUT, the rest not sent.
-    deadline_s: float = 600.0
-    #: The handshake must be seen within this, else the client is recorded as not connected.
-    connect_timeout_s: float = 10.0
-    #: zmq MAX_SOCKETS for the context; None: sized from the number of clients.
-    max_sockets: int | None = None
-    #: At most this many clients connecting (holding a socket monitor) at once. Measured with
-    #: 5000 clients: the time to connect all is the same for 16..1024, but each client's
-    #: connect_ns grows with the window (queueing behind its own siblings), so keep it small.
-    connect_window: int = 32
-    #: "epoll" (Linux: each socket's ZMQ_FD in one epoll set), "poller" (zmq.Poller) or "auto".
-    event_loop: str = "auto"
-    #: "on_connect": each client sends its first message right after its connect().
-    #: "all_connected": every client connects first; then all connected clients send at once,
-    #: so all of them are active together and setup is measured without message traffic.
-    start: str = "on_connect"
-    #: Resend mode: a lost connection or a missing reply does not stop a client; the message in
-    #: flight is sent again (same seq) on reconnect and on timeout, until settled or the deadline.
-    resend: bool = False
-    #: CURVE: this client's secret certificate and the server's public certificate (both or
-    #: neither). All clients of the process use the one key pair.
-    curve_secret: Path | None = None
-    curve_server_key: Path | None = None
-
-    def __post_init__(self) -> None:
-        if (self.curve_secret is None) != (self.curve_server_key is None):
-            raise ValueError("CURVE needs both --curve-secret and --curve-server-key")
-        ids = tuple(int(i) for i in self.client_ids)
-        object.__setattr__(self, "client_ids", ids)
-        if not ids:
-            raise ValueError("no client ids")
-        bad = [i for i in ids if not 1 <= i <= MAX_CLIENT_ID]
-        if bad:
-            raise ValueError(f"client ids must be 1..{MAX_CLIENT_ID}, got {bad[0]}")
-        if len(set(ids)) != len(ids):
-            raise ValueError("client ids must be unique")
-        if self.messages < 0:
-            raise ValueError(f"messages must be >= 0, got {self.messages}")
-        if self.payload_bytes < 0:
-            raise ValueError(f"payload_bytes must be >= 0, got {self.payload_bytes}")
-        for name in ("timeout_s", "deadline_s", "connect_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.connect_window < 1:
-            raise ValueError(f"connect_window must be >= 1, got {self.connect_window}")
-        if self.event_loop not in ("auto", "epoll", "poller"):
-            raise ValueError(f"event_loop must be auto, epoll or poller, got {self.event_loop!r}")
-        if self.start not in ("on_connect", "all_connected"):
-            raise ValueError(f"start must be on_connect or all_connected, got {self.start!r}")
+def client_id_list(ids: Sequence[int]) -> str | None:
+    if not ids:
+        return "must name at least one client"
+    bad = [i for i in ids if not 1 <= i <= MAX_CLIENT_ID]
+    if bad:
+        return f"must be client ids 1..{MAX_CLIENT_ID}, got {bad[0]}"
+    if len(set(ids)) != len(ids):
+        return "must be unique client ids"
+    return None
 
 
 def parse_client_ids(text: str) -> list[int]:
@@ -185,35 +117,341 @@ def format_client_ids(ids: Sequence[int]) -> str:
     return ",".join(parts)
 
 
-@dataclass(frozen=True)
-class PointConfig(ServerOptions):
-    """Parameters of one point; recorded verbatim in point.json. The server options
-    (ServerOptions: store, ack_after, ...) are keyword-only."""
+# --- the models --------------------------------------------------------------------------------
 
-    clients: int
-    messages: int
-    payload_bytes: int = 64
-    processes: int | None = None
-    timeout_s: float = 10.0
-    connect_timeout_s: float = 60.0
-    deadline_s: float = 900.0
-    first_client_id: int = 1
-    data_dir: Path | None = None
-    keep_queues: bool = False
-    start: str = "all_connected"
-    # Where the clients run and what the server binds: see msgprof.launch.
-    launcher: str = "local"
-    bind: str | None = None
-    #: CURVE on: keys are made for the run in keys_dir (set by the runner, not by the user).
-    curve: bool = False
-    keys_dir: Path | None = None
+
+@dataclass(frozen=True, kw_only=True)
+class ServerOptions(Checked):
+    """The server settings a point also takes and passes on to its server."""
+
+    ack_after: str = choice(
+        "write",
+        ACK_MODES,
+        help="when a message is acknowledged: buffer (in process memory, flushed every "
+        "--flush-interval-ms), write (reached the OS: survives a killed server), fsync "
+        "(fdatasync'd by group commit: survives power loss). Default: %(default)s",
+    )
+    sync_method: str = choice(
+        "auto",
+        SYNC_METHODS,
+        help="how fsync mode and the flusher make data durable: fdatasync (each file), syncfs "
+        "(one call for the whole filesystem: group commit across clients) or auto (syncfs from "
+        "3 files on). Default: %(default)s",
+    )
+    flush_interval_ms: float = positive_float(
+        10.0,
+        unit="ms",
+        help="buffer mode: how often the background flusher writes and syncs, in milliseconds "
+        "(write mode moves its logged records every 100 ms). Default: %(default)s",
+    )
+    backlog: int = positive_int(
+        1024,
+        help="ZMQ_BACKLOG: pending TCP connections the listen queue holds (the kernel caps it "
+        "at net.core.somaxconn). Default: %(default)s",
+    )
+    max_open_files: int = positive_int(
+        256, help="most queue files the server keeps open at once (LRU). Default: %(default)s"
+    )
+    max_payload_bytes: int = non_negative_int(
+        1 << 20,
+        unit="bytes",
+        help="largest payload accepted, in bytes; larger ones get TOO_LARGE. Default: %(default)s",
+    )
+    store: str = choice(
+        "file",
+        STORE_KINDS,
+        help="file: per-client queue files (the real server); none: sequence checks only, no "
+        "storage (to measure protocol cost apart from storage). Default: %(default)s",
+    )
+    rlimit_nofile: int | None = positive_int(
+        None,
+        help="soft RLIMIT_NOFILE for the server process (descriptors). Default: the hard limit",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerConfig(ServerOptions):
+    """Everything `msgprof server` is told; recorded verbatim in its stats."""
+
+    data_dir: Path | None = path(help="directory of the per-client queues (created)")
+    ready_file: Path | None = path(
+        help="written atomically once the server accepts connections: first line the bound "
+        "endpoint (tcp://127.0.0.1:PORT), second line the pid",
+    )
+    bind: str = setting(
+        "tcp://127.0.0.1:0",
+        check=zmq_endpoint,
+        help="endpoint to bind; port 0 picks a free port. Default: %(default)s",
+    )
+    max_sockets: int = positive_int(
+        1024, help="ZMQ MAX_SOCKETS of the server's context. Default: %(default)s"
+    )
+    stats_out: Path | None = path(
+        help="statistics as JSON: written at exit, and on SIGUSR1 while running"
+    )
+    heartbeat_ms: int = non_negative_int(
+        10_000,
+        unit="ms",
+        help="ZMTP heartbeat interval in milliseconds; a peer silent for 3 intervals is dropped "
+        "(0: off). Default: %(default)s",
+    )
+    handshake_timeout_ms: int = non_negative_int(
+        10_000,
+        unit="ms",
+        help="milliseconds a new connection has to complete the ZMTP handshake. "
+        "Default: %(default)s",
+    )
+    curve_secret: Path | None = path(
+        help="turn CURVE on: the server's secret certificate (NAME.key_secret from msgprof keygen)"
+    )
+    curve_allow: Path | None = path(
+        help="directory of the client public certificates (*.key) the server admits"
+    )
 
     def __post_init__(self) -> None:
-        launch.check(self.launcher, self.bind)
+        super().__post_init__()
+        if self.store == "file" and self.data_dir is None:
+            raise ValueError("--data-dir is required unless --store none")
+        if (self.curve_secret is None) != (self.curve_allow is None):
+            raise ValueError("CURVE needs both --curve-secret and --curve-allow")
 
-    def client_processes(self) -> int:
-        """Processes to start: the option, else the usable cores, never more than clients."""
-        if self.launcher != "local":
-            return launch.client_processes(self, len(os.sched_getaffinity(0)))
-        wanted = self.processes or len(os.sched_getaffinity(0))
-        return max(1, min(wanted, self.clients))
+
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions(Checked):
+    """The client settings a point also takes and passes on to its client processes. The
+    defaults are those of a measured point, so that a lone `msgprof client` behaves like one."""
+
+    payload_bytes: int = non_negative_int(
+        64, unit="bytes", help="bytes per payload. Default: %(default)s"
+    )
+    #: Per message: a reply not seen within this is recorded as TIMEOUT.
+    timeout_s: float = positive_float(
+        10.0,
+        unit="s",
+        help="seconds to wait for each ack before recording a timeout. Default: %(default)s",
+    )
+    #: The handshake must be seen within this, else the client is recorded as not connected.
+    #: Thousands of clients connecting through one listen backlog take seconds.
+    connect_timeout_s: float = positive_float(
+        60.0,
+        unit="s",
+        help="seconds for a client's handshake before it counts as not connected. "
+        "Default: %(default)s",
+    )
+    #: Whole run: when passed, stop; in-flight messages are TIMEOUT, the rest not sent.
+    deadline_s: float = positive_float(
+        900.0,
+        unit="s",
+        help="bound on the whole run in seconds; what is unsent then is recorded. "
+        "Default: %(default)s",
+    )
+    #: "on_connect": each client sends its first message right after its connect().
+    #: "all_connected": every client connects first; then all connected clients send at once,
+    #: so all of them are active together and setup is measured without message traffic.
+    start: str = choice(
+        "on_connect",
+        START_MODES,
+        help="on_connect: each client sends as soon as it has connected; all_connected: every "
+        "client of a process connects first, then all send together, so all are active at "
+        "once and setup is timed without message traffic. Default: %(default)s",
+    )
+
+
+@dataclass(frozen=True)
+class ClientConfig(LoadOptions):
+    """What one load-generator process plays (`msgprof client`). Times are seconds."""
+
+    endpoint: str = setting(help="server endpoint, e.g. tcp://127.0.0.1:5555")
+    #: Ids this process plays; each gets its own DEALER socket and TCP connection.
+    client_ids: Sequence[int] = setting(
+        parse=parse_client_ids,
+        show=format_client_ids,
+        check=client_id_list,
+        help="client ids this process plays: a range 1-100, a list 1,5,9 or a mix 1-10,20",
+    )
+    #: Messages per client (0: connect only, to measure setup time).
+    messages: int = non_negative_int(help="messages per client")
+    #: At most this many clients connecting (holding a socket monitor) at once. Measured with
+    #: 5000 clients: the time to connect all is the same for 16..1024, but each client's
+    #: connect_ns grows with the window (queueing behind its own siblings), so keep it small.
+    connect_window: int = positive_int(
+        32,
+        help="most clients connecting at once (each holds a socket monitor while it connects). "
+        "Default: %(default)s",
+    )
+    #: "epoll" (Linux: each socket's ZMQ_FD in one epoll set), "poller" (zmq.Poller) or "auto".
+    event_loop: str = choice(
+        "auto",
+        EVENT_LOOPS,
+        help="how the process waits on its sockets: epoll (Linux, scales to thousands) or "
+        "zmq.Poller. Default: %(default)s",
+    )
+    #: zmq MAX_SOCKETS for the context; None: sized from the number of clients.
+    max_sockets: int | None = positive_int(
+        None,
+        help="ZMQ MAX_SOCKETS of the client context. Default: sized from the number of clients",
+    )
+    #: Resend mode: a lost connection or a missing reply does not stop a client; the message in
+    #: flight is sent again (same seq) on reconnect and on timeout, until settled or the deadline.
+    resend: bool = switch(
+        help="keep going through a lost connection or a missing ack: send the message in "
+        "flight again (same seq) on reconnect and after --timeout-s, until it is acknowledged "
+        "(OK or DUPLICATE) or --deadline-s passes; for crash-recovery runs. Default: a timeout "
+        "stops the client",
+    )
+    #: CURVE: this client's secret certificate and the server's public certificate (both or
+    #: neither). All clients of the process use the one key pair.
+    curve_secret: Path | None = path(
+        help="turn CURVE on: this client's secret certificate "
+        "(NAME.key_secret from msgprof keygen)",
+    )
+    curve_server_key: Path | None = path(
+        help="the server's public certificate (NAME.key) the clients trust"
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "client_ids", tuple(int(i) for i in self.client_ids))
+        super().__post_init__()
+        if (self.curve_secret is None) != (self.curve_server_key is None):
+            raise ValueError("CURVE needs both --curve-secret and --curve-server-key")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PointConfig(LoadOptions, ServerOptions):
+    """Parameters of one point (`msgprof point`) or of the master case (`msgprof master`, whose
+    steps set clients, messages and first_client_id); recorded verbatim in point.json. The
+    workflow's config sets the same fields (workflow/schemas/config.schema.yaml)."""
+
+    clients: int = positive_int(help="number of clients")
+    messages: int = positive_int(help="messages per client")
+    first_client_id: int = positive_int(
+        1, help="id of the first client; the others follow. Default: %(default)s"
+    )
+    processes: int | None = positive_int(
+        None, help="client processes sharing the clients. Default: the number of usable cores"
+    )
+    timeout_s: float = reworded(
+        LoadOptions,
+        "timeout_s",
+        help="seconds each client waits for an ack before recording a timeout. "
+        "Default: %(default)s",
+    )
+    deadline_s: float = reworded(
+        LoadOptions,
+        "deadline_s",
+        help="bound in seconds on the clients of a point (of each step). Default: %(default)s",
+    )
+    #: A point starts its clients together, unlike a lone `msgprof client`: its throughput is
+    #: counted while all clients are active at once, and setup is timed without message traffic.
+    start: str = reworded(LoadOptions, "start", default="all_connected")
+    data_dir: Path | None = path(
+        help="where the server's queues go (must be new or empty). Default: OUT/queues, "
+        "deleted after verification unless --keep-queues",
+    )
+    keep_queues: bool = switch(help="keep the queue files after verification")
+    #: CURVE on: keys are made for the run in keys_dir.
+    curve: bool = switch(
+        help="encrypt and authenticate with CURVE: fresh keys for the server and the clients of "
+        "this run (to measure what security costs)",
+    )
+    # Where the clients run and what the server binds: see msgprof.experiment.launch, which
+    # also checks both against this host (a SLURM allocation for srun) when a run starts.
+    launcher: str = choice(
+        "local",
+        LAUNCHERS,
+        help="where the client processes run. local: on this host. srun: inside a SLURM "
+        "allocation, as job steps on the other nodes (on this node when it is the only one). "
+        "Default: %(default)s",
+    )
+    bind: str | None = setting(
+        None,
+        metavar="HOST[:PORT]",
+        help="address the server binds and the clients connect to (a wildcard is refused). "
+        "Default: 127.0.0.1 with --launcher local, this node's SLURM NodeAddr with srun",
+    )
+    #: Where a CURVE run's keys are: set by the run (msgprof.experiment.lifecycle), not by a user.
+    keys_dir: Path | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunArguments:
+    """Command-line arguments that are no setting of a model: where a run writes its outputs,
+    how `point` and `master` exit, and the master case's ramp. Never constructed."""
+
+    out: Path = path(MISSING, help="output directory (created)")
+    strict: bool = switch(
+        help="exit 1 unless the verdict is ok (by default a run that hits a limit is a result, "
+        "exit 0)",
+    )
+    steps: str = setting(
+        help="ramp-up steps as CLIENTSxMESSAGES, comma separated, e.g. 10x100,50x200,100x400"
+    )
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    """A `msgprof` subcommand that takes settings: its model and its options in --help order
+    (fields of the model, or of RunArguments)."""
+
+    model: type
+    options: tuple[str, ...]
+
+
+def _names(model: type) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(model))
+
+
+_RUN_OPTIONS = (
+    "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s", "data_dir",
+    "start", "keep_queues", "strict", "curve", "out", "launcher", "bind", *_names(ServerOptions),
+)  # fmt: skip
+_SERVER = (
+    "data_dir", "ready_file", "bind", "max_sockets", "stats_out", "heartbeat_ms",
+    "handshake_timeout_ms", "curve_secret", "curve_allow", *_names(ServerOptions),
+)  # fmt: skip
+_CLIENT = (
+    "endpoint", "client_ids", "messages", *_names(LoadOptions), "connect_window", "event_loop",
+    "max_sockets", "resend", "curve_secret", "curve_server_key", "out",
+)  # fmt: skip
+COMMANDS = {
+    "server": Command(ServerConfig, _SERVER),
+    "client": Command(ClientConfig, _CLIENT),
+    "point": Command(PointConfig, ("clients", "messages", "first_client_id", *_RUN_OPTIONS)),
+    "master": Command(PointConfig, ("steps", *_RUN_OPTIONS)),
+}
+
+
+def options(command: str) -> Iterator[tuple[str, Any, Setting]]:
+    """(name, default, setting) of each option of `command`, in --help order; the default is
+    dataclasses.MISSING for a required option."""
+    known = settings_of(RunArguments) | settings_of(COMMANDS[command].model)
+    for name in COMMANDS[command].options:
+        spec, how = known[name]
+        yield name, spec.default, how
+
+
+def shared(model: type, config: Any) -> dict[str, Any]:
+    """The values of `config` for the settings of `model`, a base it shares with another role
+    (what a point passes on to its server: shared(ServerOptions, point))."""
+    return {name: getattr(config, name) for name in _names(model)}
+
+
+def command_argv(command: str, config: Any, **per_run: Any) -> list[str]:
+    """`[command, options...]`: the command line that gives a `msgprof COMMAND` child process
+    the settings of `config` (a model of that command) and the per-run arguments (`out=`,
+    `steps=`). Every option with a value is given, in --help order: a switch when on, an
+    option unless None; so a child never depends on a default it might not share."""
+    unknown = set(per_run) - set(COMMANDS[command].options)
+    if unknown:
+        raise ValueError(f"msgprof {command} takes no {', '.join(map(flag, sorted(unknown)))}")
+    argv = [command]
+    for name, _default, how in options(command):
+        value = per_run[name] if name in per_run else getattr(config, name, None)
+        if how.parse is None:
+            argv += [flag(name)] if value else []
+        elif value is not None:
+            argv += [flag(name), how.show(value)]
+    return argv

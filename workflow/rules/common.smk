@@ -1,7 +1,18 @@
-# Config validation (defaults come from the schema) and the target list.
+# Config validation (defaults come from the schema), the target list, and the command lines of
+# the measured jobs: those come from the point model (msgprof.config), as every msgprof child
+# process's do, and the config's settings are checked by it once, here.
 import shlex
+import sys
+from pathlib import Path
 
 from snakemake.utils import validate
+
+try:
+    from msgprof.config import PointConfig, command_argv
+except ImportError:
+    # A snakemake without msgprof beside it (--software-deployment-method conda) uses this one.
+    sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+    from msgprof.config import PointConfig, command_argv
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 
@@ -24,31 +35,42 @@ wildcard_constraints:
     security=r"(-curve)?",
 
 
-def run_options():
-    """`msgprof point`/`master` options shared by every measured job, from the config."""
-    server, client = config["server"], config["client"]
-    options = {
-        "--payload-bytes": SWEEP["payload_bytes"],
-        "--ack-after": SWEEP["ack_after"],
-        "--sync-method": server["sync_method"],
-        "--flush-interval-ms": server["flush_interval_ms"],
-        "--backlog": server["backlog"],
-        "--max-open-files": server["max_open_files"],
-        "--max-payload-bytes": server["max_payload_bytes"],
-        "--rlimit-nofile": server.get("rlimit_nofile"),
-        "--processes": client.get("processes"),
-        "--timeout-s": client["timeout_s"],
-        "--connect-timeout-s": client["connect_timeout_s"],
-        "--deadline-s": client["deadline_s"],
-        "--start": client["start"],
-        "--launcher": client["launcher"],
-        "--bind": server.get("bind"),
-    }
-    return " ".join(
-        f"{name} {shlex.quote(str(value))}"
-        for name, value in options.items()
-        if value is not None
+def run_config(**fields):
+    """The point model of a measured job: the config's settings (each key of `server` and
+    `client`, and the sweep's payload_bytes and ack_after, is a field of it) and `fields`.
+    """
+    return PointConfig(
+        payload_bytes=SWEEP["payload_bytes"],
+        ack_after=SWEEP["ack_after"],
+        **config["server"],
+        **config["client"],
+        **fields,
     )
+
+
+# A setting the point model refuses fails now, naming its flag.
+run_config(clients=1, messages=1)
+
+
+def point_command(wildcards, output):
+    """`msgprof point` of one sweep point (a -curve point with --curve)."""
+    point = run_config(
+        clients=int(wildcards.clients),
+        messages=int(wildcards.messages),
+        curve=bool(wildcards.security),
+    )
+    out = Path(output[0]).parent
+    return shlex.join(["msgprof", *command_argv("point", point, out=out)])
+
+
+def master_command(wildcards, output):
+    """`msgprof master` of the config's ramp."""
+    steps = config["master"]["steps"]
+    clients, messages = steps[0].split("x")
+    master = run_config(clients=int(clients), messages=int(messages))
+    out = Path(output[0]).parent
+    argv = command_argv("master", master, steps=",".join(steps), out=out)
+    return shlex.join(["msgprof", *argv])
 
 
 def measured_outputs():

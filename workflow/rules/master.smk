@@ -11,8 +11,6 @@ rule master:
     resources:
         point_slot=1,
     params:
-        out=subpath(output[0], parent=True),
-        steps=",".join(config["master"]["steps"]),
-        options=run_options(),
+        command=master_command,
     shell:
-        "msgprof master --steps {params.steps} {params.options} --out {params.out} > {log} 2>&1"
+        "{params.command} > {log} 2>&1"

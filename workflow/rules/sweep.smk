@@ -12,9 +12,6 @@ rule point:
     resources:
         point_slot=1,
     params:
-        out=subpath(output[0], parent=True),
-        options=run_options(),
-        curve=lambda wildcards: "--curve" if wildcards.security else "",
+        command=point_command,
     shell:
-        "msgprof point --clients {wildcards.clients} --messages {wildcards.messages}"
-        " {params.options} {params.curve} --out {params.out} > {log} 2>&1"
+        "{params.command} > {log} 2>&1"

@@ -26,7 +26,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-LAUNCHERS = ("local", "srun")
+from msgprof.config import LAUNCHERS
+
 LOOPBACK_BIND = "tcp://127.0.0.1:0"
 #: Seconds a SLURM query (scontrol) may take.
 SLURM_QUERY_TIMEOUT_S = 30.0
@@ -207,14 +208,17 @@ def placement(config: LaunchSettings) -> Placement:
     )
 
 
-def client_processes(config: LaunchSettings, local_default: int) -> int:
-    """Client processes of an `srun` point: --processes, else the CPUs of the client nodes
-    (the usable cores here when co-located), never more than the clients."""
+def client_processes(config: LaunchSettings) -> int:
+    """Client processes of a point: --processes, else the usable cores here (`local`, or `srun`
+    co-located) or the CPUs of the client nodes (`srun`); never more than the clients."""
+    cores = len(os.sched_getaffinity(0))
+    if config.launcher == "local":
+        return max(1, min(config.processes or cores, config.clients))
     place = placement(config)
     if config.processes:
         wanted = config.processes
     elif place.co_located:
-        wanted = local_default
+        wanted = cores
     else:
         wanted = sum(place.cpus.get(node, 1) for node in place.client_nodes)
     return max(1, min(wanted, config.clients))
@@ -274,7 +278,7 @@ def describe(config: LaunchSettings) -> dict[str, Any]:
     place = placement(config)
     doc: dict[str, Any] = {"kind": place.kind, "co_located": place.co_located, "bind": place.bind}
     if place.kind == "srun":
-        processes = client_processes(config, len(os.sched_getaffinity(0)))
+        processes = client_processes(config)
         doc.update(
             server_node=place.server_node,
             client_nodes=list(place.client_nodes),

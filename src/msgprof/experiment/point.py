@@ -22,7 +22,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from msgprof import atomic
-from msgprof.config import PointConfig
+from msgprof.config import (
+    ClientConfig,
+    LoadOptions,
+    PointConfig,
+    ServerConfig,
+    ServerOptions,
+    command_argv,
+    shared,
+)
 from msgprof.experiment import launch, sysinfo
 from msgprof.experiment.monitor import ResourceMonitor
 from msgprof.experiment.verify import verify_queues
@@ -252,7 +260,9 @@ def run_load(
 
 
 def fresh_dirs(config: PointConfig, out_dir: Path) -> tuple[Path, Path]:
-    """Create out_dir, an empty work dir in it, and the data dir; return (work, data_dir)."""
+    """Create out_dir, an empty work dir in it, and the data dir; return (work, data_dir).
+    First the launcher is checked against this host, so a run that cannot start writes nothing."""
+    launch.check(config.launcher, config.bind)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -360,26 +370,18 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
 
 def server_argv(config: PointConfig, data_dir: Path, work: Path) -> list[str]:
     """`msgprof server` for this point: ready file and stats in `work`, queues in `data_dir`."""
-    argv = _msgprof() + [
-        "server",
-        "--data-dir", str(data_dir),
-        "--ready-file", str(work / "ready"),
-        "--stats-out", str(work / "server.json"),
-        "--store", config.store,
-        "--ack-after", config.ack_after,
-        "--sync-method", config.sync_method,
-        "--flush-interval-ms", str(config.flush_interval_ms),
-        "--backlog", str(config.backlog),
-        "--max-open-files", str(config.max_open_files),
-        "--max-payload-bytes", str(config.max_payload_bytes),
-        "--bind", launch.placement(config).bind,
-    ]  # fmt: skip
-    if config.rlimit_nofile is not None:
-        argv += ["--rlimit-nofile", str(config.rlimit_nofile)]
-    if config.keys_dir is not None:
-        keys = config.keys_dir
-        argv += ["--curve-secret", str(keys / "server.key_secret"), "--curve-allow", str(keys / "allow")]
-    return argv
+    keys = config.keys_dir
+    curve = {} if keys is None else {"curve_secret": keys / "server.key_secret",
+                                     "curve_allow": keys / "allow"}  # fmt: skip
+    server = ServerConfig(
+        **shared(ServerOptions, config),
+        data_dir=data_dir,
+        ready_file=work / "ready",
+        stats_out=work / "server.json",
+        bind=launch.placement(config).bind,
+        **curve,
+    )
+    return _msgprof() + command_argv("server", server)
 
 
 def with_keys(config: PointConfig, work: Path) -> PointConfig:
@@ -406,24 +408,16 @@ def run_client_processes(
 
     Process k writes to work/client-k/ and logs to out_dir/client-k.log.
     """
-    ranges = split_ids(config.first_client_id, config.clients, config.client_processes())
+    ranges = split_ids(config.first_client_id, config.clients, launch.client_processes(config))
+    keys = config.keys_dir
+    curve = {} if keys is None else {"curve_secret": keys / "client.key_secret",
+                                     "curve_server_key": keys / "server.key"}  # fmt: skip
     started = []
     for k, (lo, hi) in enumerate(ranges):
-        argv = _msgprof() + [
-            "client",
-            "--endpoint", endpoint,
-            "--client-ids", f"{lo}-{hi}",
-            "--messages", str(config.messages),
-            "--payload-bytes", str(config.payload_bytes),
-            "--timeout-s", str(config.timeout_s),
-            "--connect-timeout-s", str(config.connect_timeout_s),
-            "--deadline-s", str(config.deadline_s),
-            "--start", config.start,
-            "--out", str(work / f"client-{k}"),
-        ]  # fmt: skip
-        if config.keys_dir is not None:
-            argv += ["--curve-secret", str(config.keys_dir / "client.key_secret"),
-                     "--curve-server-key", str(config.keys_dir / "server.key")]  # fmt: skip
+        client = ClientConfig(
+            endpoint, range(lo, hi + 1), config.messages, **shared(LoadOptions, config), **curve
+        )
+        argv = _msgprof() + command_argv("client", client, out=work / f"client-{k}")
         argv = launch.client_argv(config, k, len(ranges), argv)
         started.append(procs.start(f"client-{k}", argv, out_dir / f"client-{k}.log"))
     deadline = time.monotonic() + config.deadline_s + CLIENT_GRACE_S
