@@ -50,7 +50,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from msgprof.config import ClientConfig, PointConfig, command_argv
-from msgprof.experiment.point import ChildProcesses, ServerRun, server_argv, wait_ready
+from msgprof.experiment.lifecycle import (
+    ChildProcesses,
+    ServerRun,
+    msgprof_argv,
+    server_argv,
+    wait_ready,
+)
 from msgprof.experiment.verify import STORED_STATUSES, verify_queues
 from msgprof.store.reader import QueueReader
 
@@ -208,7 +214,7 @@ class ClientRun:
             deadline_s=s.client_deadline_s,
             resend=True,
         )
-        argv = [sys.executable, "-m", "msgprof", *command_argv("client", client, out=out)]
+        argv = msgprof_argv(command_argv("client", client, out=out))
         log = self.work / f"{out.name}.log"
         proc = self.procs.start(out.name, argv, log)
         self.runs.append((proc, out, (lo, hi)))

@@ -40,14 +40,9 @@ import zmq
 
 from msgprof import atomic
 from msgprof.config import PointConfig
-from msgprof.experiment.point import (
-    ChildProcesses,
-    load_window,
-    read_client_docs,
-    run_client_processes,
-    server_argv,
-    wait_ready,
-)
+from msgprof.experiment.clients import read_client_docs, run_client_processes
+from msgprof.experiment.lifecycle import ChildProcesses, server_argv, wait_ready
+from msgprof.experiment.summary import load_window
 
 TARGETS = ("echo", "none", "buffer", "write", "fsync")
 BASELINE = "none"

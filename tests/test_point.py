@@ -10,8 +10,8 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from msgprof.experiment.clients import split_ids
 from msgprof.experiment.master import parse_steps, step_plan
-from msgprof.experiment.point import split_ids
 from msgprof.experiment.verify import verify_queues
 from msgprof.store.queue import QueueStore
 from msgprof.wire.payload import payload_for
@@ -138,7 +138,7 @@ def test_point_with_curve_encrypts_and_authenticates(tmp_path):
 
 
 def test_throughput_without_a_shared_clock_adds_the_processes_own_rates():
-    from msgprof.experiment.point import throughput
+    from msgprof.experiment.summary import throughput
 
     docs = [
         {"acked_per_s": 1000.0, "window_start_ns": 5, "window_end_ns": 2_000_000_005},

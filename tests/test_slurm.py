@@ -25,6 +25,7 @@ import yaml
 
 from msgprof.config import PointConfig
 from msgprof.experiment import launch
+from msgprof.experiment.lifecycle import ChildProcesses
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -262,7 +263,8 @@ def _snakemake(workdir: Path, *args: str, timeout: float) -> tuple[int, str]:
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            launch.terminate(proc, grace_s=60)
+            ChildProcesses.stop(proc, grace_s=60)  # SIGTERM: it cancels its jobs
+            proc.wait()
             _cancel(re.findall(r"submitted with SLURM jobid (\d+)", log.read_text()))
             code = -1
     return code, log.read_text()

@@ -20,7 +20,6 @@ import ipaddress
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 from dataclasses import dataclass, field
@@ -252,24 +251,11 @@ def client_argv(config: LaunchSettings, k: int, processes: int, argv: list[str])
     ] + argv  # fmt: skip
 
 
-def terminate(proc: subprocess.Popen, grace_s: float) -> None:
-    """SIGTERM, up to `grace_s` seconds to exit, then SIGKILL; the process is reaped."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def stop(proc: subprocess.Popen, launcher: str) -> None:
-    """End a client process that overran its deadline; srun gets SIGTERM first so that it
-    ends its step (a killed srun leaves the step running until the job ends)."""
-    if launcher == "srun":
-        terminate(proc, SRUN_STOP_GRACE_S)
-    else:
-        proc.kill()
-        proc.wait()
+def stop_grace_s(launcher: str) -> float:
+    """Seconds a client process that overran its deadline gets after SIGTERM: srun must end
+    its step (a killed srun leaves the step running until the job ends); a local one is
+    killed at once."""
+    return SRUN_STOP_GRACE_S if launcher == "srun" else 0.0
 
 
 def describe(config: LaunchSettings) -> dict[str, Any]:

@@ -22,17 +22,9 @@ import pyarrow.compute as pc
 
 from msgprof import atomic
 from msgprof.config import PointConfig
-from msgprof.experiment import sysinfo
-from msgprof.experiment.point import (
-    ChildProcesses,
-    Load,
-    ServerRun,
-    fresh_dirs,
-    run_load,
-    with_keys,
-    write_point,
-)
-from msgprof.experiment.verify import verify_queues
+from msgprof.experiment.clients import Load, run_load
+from msgprof.experiment.lifecycle import Run
+from msgprof.experiment.summary import write_point
 
 log = logging.getLogger("msgprof.master")
 
@@ -109,102 +101,92 @@ def _slice(table: pa.Table | None, t_from: float, t_to: float) -> pa.Table | Non
 
 def run_master(base: PointConfig, steps: list[tuple[int, int]], out_dir: Path) -> dict[str, Any]:
     """Run the ramp against one server; write a directory per step and master.json."""
-    out_dir = Path(out_dir)
-    work, data_dir = fresh_dirs(base, out_dir)
-    base = with_keys(base, work)
+    run = Run(base, out_dir)
     plan = step_plan(steps)
-    started = time.time()
-    limits = sysinfo.limits(data_dir)
-    atomic.write_json(out_dir / "limits.json", limits)
-    procs = ChildProcesses()
-    server = ServerRun(base, data_dir, work, out_dir / "server.log", procs)
-    problems: list[str] = []
     done: list[dict[str, Any]] = []
     final_stats: dict[str, Any] = {}
-    try:
-        endpoint = server.start()
+    with run:
+        endpoint = run.server.start()
         if endpoint is None:
-            problems.append("server_failed")
+            run.problems.append("server_failed")
         previous: dict[str, Any] = {}
         for step in plan if endpoint else []:
-            config = replace(
-                base,
-                clients=step["clients"],
-                messages=step["messages"],
-                first_client_id=step["first_client_id"],
-            )
-            step_dir = out_dir / step["name"]
-            step_work = step_dir / "work"
-            shutil.rmtree(step_work, ignore_errors=True)
-            step_work.mkdir(parents=True)
-            log.info("step %(step)d %(phase)s: %(clients)d clients x %(messages)d messages", step)
-            step_problems: list[str] = []
-            t_from = server.monitor.elapsed() if server.monitor else 0.0
-            t0 = time.monotonic()
-            load = run_load(config, endpoint, step_work, step_dir, procs, step_problems)
-            wall = time.monotonic() - t0
-            snapshot = server.snapshot()
-            t_to = server.monitor.elapsed() if server.monitor else 0.0
-            done.append(
-                {**step, "config": config, "load": load, "problems": step_problems,
-                 "server": stats_delta(previous, snapshot), "window": (t_from, t_to),
-                 "wall_s": wall, "started": time.time() - wall}
-            )  # fmt: skip
-            previous = snapshot or previous
-        final_stats = server.stop(problems)
-    finally:
-        if server.monitor is not None:
-            server.monitor.stop()
-        procs.kill_all()
+            done.append(_run_step(run, step, endpoint, previous))
+            previous = done[-1]["snapshot"] or previous
+        final_stats = run.server.stop(run.problems)
 
-    resources = server.monitor.table() if server.monitor else None
+    resources = run.resources()
     if resources is not None:
-        atomic.write_parquet(out_dir / "resources.parquet", resources)
+        atomic.write_parquet(run.out_dir / "resources.parquet", resources)
     if final_stats:
-        atomic.write_json(out_dir / "server.json", final_stats)
-    summaries = []
-    for step in done:
-        step_dir = out_dir / step["name"]
-        load: Load = step["load"]
-        ids = range(step["first_client_id"], step["first_client_id"] + step["clients"])
-        check = (
-            verify_queues(data_dir, load.rtt, base.payload_bytes, client_ids=ids)
-            if base.store == "file"
-            else None
-        )
-        atomic.write_json(step_dir / "limits.json", limits)
-        document = write_point(
-            step_dir,
-            step["config"],
-            load,
-            step["server"],
-            _slice(resources, *step["window"]),
-            check,
-            step["problems"] + problems,
-            {"clients_wall_s": step["wall_s"]},
-            step["started"],
-            extra={"phase": step["phase"], "step": step["step"]},
-        )
-        shutil.rmtree(step_dir / "work", ignore_errors=True)
-        summaries.append(
-            {k: document[k] for k in ("verdict", "clients", "messages", "acked", "lost")}
-            | {"step": step["step"], "phase": step["phase"], "dir": step["name"]}
-        )
+        atomic.write_json(run.out_dir / "server.json", final_stats)
+    summaries = [_record_step(run, step, resources) for step in done]
     master = {
-        "verdict": _overall(summaries, problems, len(plan)),
+        "verdict": _overall(summaries, run.problems, len(plan)),
         "steps": summaries,
         "planned_steps": len(plan),
-        "problems": problems,
-        "started_unix_s": started,
+        "problems": run.problems,
+        "started_unix_s": run.started,
         "ended_unix_s": time.time(),
         "server": {k: final_stats.get(k) for k in ("received", "stored", "replies", "connections")},
     }
-    atomic.write_json(out_dir / "master.json", master)
-    if not base.keep_queues:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    shutil.rmtree(work, ignore_errors=True)
+    atomic.write_json(run.out_dir / "master.json", master)
+    run.clean_up()
     log.info("master test case: %d steps, verdict %s", len(summaries), master["verdict"])
     return master
+
+
+def _run_step(
+    run: Run, step: dict[str, Any], endpoint: str, previous: dict[str, Any]
+) -> dict[str, Any]:
+    """Run the clients of one step against the run's server; what its record needs."""
+    config = replace(
+        run.config,
+        clients=step["clients"],
+        messages=step["messages"],
+        first_client_id=step["first_client_id"],
+    )
+    step_dir = run.out_dir / step["name"]
+    step_work = step_dir / "work"
+    shutil.rmtree(step_work, ignore_errors=True)
+    step_work.mkdir(parents=True)
+    log.info("step %(step)d %(phase)s: %(clients)d clients x %(messages)d messages", step)
+    step_problems: list[str] = []
+    monitor = run.server.monitor
+    t_from = monitor.elapsed() if monitor else 0.0
+    t0 = time.monotonic()
+    load = run_load(config, endpoint, step_work, step_dir, run.procs, step_problems)
+    wall = time.monotonic() - t0
+    snapshot = run.server.snapshot()
+    t_to = monitor.elapsed() if monitor else 0.0
+    return {**step, "config": config, "load": load, "problems": step_problems,
+            "server": stats_delta(previous, snapshot), "snapshot": snapshot,
+            "window": (t_from, t_to), "wall_s": wall, "started": time.time() - wall}  # fmt: skip
+
+
+def _record_step(run: Run, step: dict[str, Any], resources: pa.Table | None) -> dict[str, Any]:
+    """Verify one step's clients, write its directory like a point's; its line of master.json."""
+    step_dir = run.out_dir / step["name"]
+    load: Load = step["load"]
+    check = run.verify(
+        load.rtt, range(step["first_client_id"], step["first_client_id"] + step["clients"])
+    )
+    atomic.write_json(step_dir / "limits.json", run.limits)
+    document = write_point(
+        step_dir,
+        step["config"],
+        load,
+        step["server"],
+        _slice(resources, *step["window"]),
+        check,
+        step["problems"] + run.problems,
+        {"clients_wall_s": step["wall_s"]},
+        step["started"],
+        extra={"phase": step["phase"], "step": step["step"]},
+    )
+    shutil.rmtree(step_dir / "work", ignore_errors=True)
+    return {k: document[k] for k in ("verdict", "clients", "messages", "acked", "lost")} | {
+        "step": step["step"], "phase": step["phase"], "dir": step["name"]}  # fmt: skip
 
 
 def _overall(summaries: list[dict[str, Any]], problems: list[str], planned: int) -> str:
