@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING
@@ -185,7 +186,7 @@ def _cmd_point(args: argparse.Namespace) -> int:
     from msgprof.experiment.point import run_point
 
     result = run_point(_model(args), args.out)
-    return 1 if args.strict and result["verdict"] != "ok" else 0
+    return _exit_code(result, args.strict)
 
 
 def _cmd_master(args: argparse.Namespace) -> int:
@@ -193,7 +194,15 @@ def _cmd_master(args: argparse.Namespace) -> int:
 
     steps = parse_steps(args.steps)
     result = run_master(_model(args, clients=steps[0][0], messages=steps[0][1]), steps, args.out)
-    return 1 if args.strict and result["verdict"] != "ok" else 0
+    return _exit_code(result, args.strict)
+
+
+def _exit_code(result: dict, strict: bool) -> int:
+    """A run stopped by a signal exits as a shell reports death by it (130 SIGINT, 143
+    SIGTERM), so a caller sees it was cut short; else 1 for a verdict not ok under --strict."""
+    if result.get("interrupted_by"):
+        return 128 + int(signal.Signals[result["interrupted_by"]])
+    return 1 if strict and result["verdict"] != "ok" else 0
 
 
 def _cmd_analyze(args: argparse.Namespace) -> int:

@@ -63,6 +63,8 @@ def run_client_processes(
     ranges = split_ids(config.first_client_id, config.clients, launch.client_processes(config))
     started = []
     for k, ids in enumerate(ranges):
+        if procs.stopping:  # the run was asked to stop: start nothing more
+            break
         argv = client_argv(config, endpoint, ids, work / f"client-{k}")
         argv = launch.client_argv(config, k, len(ranges), argv)
         started.append(procs.start(f"client-{k}", argv, out_dir / f"client-{k}.log"))

@@ -29,6 +29,7 @@ from msgprof import atomic
 from msgprof.config import PointConfig, ServerConfig, ServerOptions, command_argv, shared
 from msgprof.experiment import launch, sysinfo
 from msgprof.experiment.monitor import ResourceMonitor
+from msgprof.experiment.stopping import Interruption, die_with_parent
 from msgprof.experiment.verify import verify_queues
 from msgprof.wire import security
 
@@ -61,16 +62,30 @@ class ChildProcesses:
     def __init__(self) -> None:
         self.procs: list[tuple[str, subprocess.Popen]] = []
         self._logs: list[IO[bytes]] = []
+        #: Set once the run is asked to stop: no new client process is started after it.
+        self.stopping = False
 
     def start(self, name: str, argv: list[str], log_path: Path) -> subprocess.Popen:
-        """Start `argv` in a session of its own, stdout and stderr to `log_path`."""
+        """Start `argv` in a session of its own, stdout and stderr to `log_path`; it gets
+        SIGTERM when this process dies (stopping.die_with_parent)."""
         log_file = open(log_path, "wb")
         self._logs.append(log_file)
         proc = subprocess.Popen(
-            argv, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
         self.procs.append((name, proc))
         return proc
+
+    def stop_clients(self) -> None:
+        """Ask every running client process to stop (SIGTERM: it writes what it measured)."""
+        self.stopping = True
+        for name, proc in self.procs:
+            if name != "server" and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
 
     @staticmethod
     def wait(proc: subprocess.Popen, until: float) -> int | None:
@@ -109,10 +124,16 @@ class ChildProcesses:
             f.close()
 
 
-def wait_ready(ready_file: Path, server: subprocess.Popen, timeout_s: float) -> str | None:
-    """The endpoint from the ready file, or None when the server died or never got ready."""
+def wait_ready(
+    ready_file: Path,
+    server: subprocess.Popen,
+    timeout_s: float,
+    procs: ChildProcesses | None = None,
+) -> str | None:
+    """The endpoint from the ready file, or None when the server died, never got ready or the
+    run was asked to stop."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not (procs and procs.stopping):
         if ready_file.exists():
             return ready_file.read_text().splitlines()[0]
         if server.poll() is not None:
@@ -168,7 +189,9 @@ class ServerRun:
         """Start the server and its monitor; the endpoint, or None if it never got ready."""
         argv = server_argv(self.config, self.data_dir, self.work)
         self.process = self.procs.start("server", argv, self.log_path)
-        self.endpoint = wait_ready(self.work / "ready", self.process, SERVER_START_TIMEOUT_S)
+        self.endpoint = wait_ready(
+            self.work / "ready", self.process, SERVER_START_TIMEOUT_S, self.procs
+        )
         if self.endpoint is not None:
             self.monitor = ResourceMonitor(self.process.pid, self.data_dir).start()
         return self.endpoint
@@ -253,14 +276,20 @@ class Run:
         self.server = ServerRun(
             self.config, self.data_dir, self.work, self.out_dir / "server.log", self.procs
         )
+        #: SIGTERM/SIGINT while the run's processes live (msgprof.experiment.stopping).
+        self.interruption = Interruption(self.procs.stop_clients, self.procs.kill_all)
 
     def __enter__(self) -> Run:
+        self.interruption.__enter__()
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        if self.server.monitor is not None:
-            self.server.monitor.stop()
-        self.procs.kill_all()
+        try:
+            if self.server.monitor is not None:
+                self.server.monitor.stop()
+            self.procs.kill_all()
+        finally:
+            self.interruption.__exit__()
 
     def resources(self) -> pa.Table | None:
         """The server's resource samples (after the run), or None when it never got ready."""

@@ -111,6 +111,8 @@ def run_master(base: PointConfig, steps: list[tuple[int, int]], out_dir: Path) -
             run.problems.append("server_failed")
         previous: dict[str, Any] = {}
         for step in plan if endpoint else []:
+            if run.procs.stopping:  # SIGTERM/SIGINT: the steps not begun are not run
+                break
             done.append(_run_step(run, step, endpoint, previous))
             previous = done[-1]["snapshot"] or previous
         final_stats = run.server.stop(run.problems)
@@ -121,11 +123,14 @@ def run_master(base: PointConfig, steps: list[tuple[int, int]], out_dir: Path) -
     if final_stats:
         atomic.write_json(run.out_dir / "server.json", final_stats)
     summaries = [_record_step(run, step, resources) for step in done]
+    if run.interruption.requested:
+        run.problems.insert(0, "interrupted")
     master = {
         "verdict": _overall(summaries, run.problems, len(plan)),
         "steps": summaries,
         "planned_steps": len(plan),
         "problems": run.problems,
+        "interrupted_by": run.interruption.signal,
         "started_unix_s": run.started,
         "ended_unix_s": time.time(),
         "server": {k: final_stats.get(k) for k in ("received", "stored", "replies", "connections")},
@@ -157,6 +162,8 @@ def _run_step(
     t0 = time.monotonic()
     load = run_load(config, endpoint, step_work, step_dir, run.procs, step_problems)
     wall = time.monotonic() - t0
+    if run.procs.stopping:
+        step_problems.insert(0, "interrupted")
     snapshot = run.server.snapshot()
     t_to = monitor.elapsed() if monitor else 0.0
     return {**step, "config": config, "load": load, "problems": step_problems,

@@ -44,6 +44,8 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
         t2 = time.monotonic()
         server_stats = run.server.stop(run.problems)
         timings["server_stop_s"] = time.monotonic() - t2
+    if run.interruption.requested:
+        run.problems.insert(0, "interrupted")
 
     t3 = time.monotonic()
     check = run.verify(load.rtt)
@@ -51,9 +53,10 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     if server_stats.get("rlimit_nofile"):  # the server may run with a lower limit than we do
         run.limits["server_rlimit_nofile_soft"] = server_stats["rlimit_nofile"]["soft"]
         atomic.write_json(run.out_dir / "limits.json", run.limits)
+    interrupted = {"interrupted_by": run.interruption.signal} if run.interruption.requested else {}
     document = write_point(
         run.out_dir, config, load, server_stats, run.resources(), check, run.problems, timings,
-        run.started,
+        run.started, extra=interrupted,
     )  # fmt: skip
     run.clean_up()
     log.info(

@@ -38,6 +38,11 @@ def reasons(
     replies = server.get("replies", {})
     planned = config.clients * config.messages
     found = []
+    if "interrupted" in problems:
+        found.append(
+            ("interrupted", "stopped by SIGTERM or SIGINT before it ended; what was measured "
+                            "until then is kept and verified")
+        )  # fmt: skip
     if "server_failed" in problems or (not server and config.store == "file"):
         found.append(("server_failed", "the server did not start or did not exit cleanly"))
     if "server_hung" in problems:
