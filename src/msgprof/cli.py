@@ -141,7 +141,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
 
     for name, text in (
-        ("analyze", "aggregate a run directory into analysis.csv and points.csv"),
+        ("analyze", "aggregate a run directory into analysis, points, resources and limits CSVs"),
         ("report", "draw a run directory's profiling PDF (msg_proc_profiling.pdf)"),
     ):
         cmd = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")

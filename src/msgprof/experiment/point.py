@@ -15,11 +15,8 @@ from typing import Any
 from msgprof import atomic
 from msgprof.config import PointConfig
 from msgprof.experiment.clients import Load, run_load
-from msgprof.experiment.lifecycle import ChildProcesses, Run, ServerRun
+from msgprof.experiment.lifecycle import Run
 from msgprof.experiment.summary import write_point
-
-#: The fuzzer (benchmarks/fuzz_wire.py) runs a server and a load like a point, by these names.
-__all__ = ["ChildProcesses", "ServerRun", "run_load", "run_point"]
 
 log = logging.getLogger("msgprof.point")
 

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from msgprof.config import PointConfig
-from msgprof.experiment.point import ChildProcesses, ServerRun, run_load
+from msgprof.experiment.clients import run_load
+from msgprof.experiment.lifecycle import ChildProcesses, ServerRun
 from msgprof.experiment.verify import verify_queues
 from msgprof.stats import quantiles
 from msgprof.store.reader import QueueReader
