@@ -15,8 +15,9 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "msgprof"
 ROOMS = ("wire", "server", "store", "load", "experiment", "report")
 #: Modules at the top of the package that any room may use: settings, summary statistics,
-#: atomic file writes, process limits. They import no room except the wire's constants.
-SHARED = ("config", "setting", "stats", "atomic", "limits", "__init__")
+#: atomic file writes, process limits, rate-limited warnings. They import no room except the
+#: wire's constants.
+SHARED = ("config", "setting", "stats", "atomic", "limits", "ratelog", "__init__")
 
 #: (room, what it must never import, why)
 FORBIDDEN = [

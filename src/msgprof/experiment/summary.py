@@ -17,6 +17,7 @@ from msgprof import atomic
 from msgprof.config import PointConfig
 from msgprof.experiment import launch
 from msgprof.experiment.clients import Load
+from msgprof.experiment.overload import descriptor_limit
 from msgprof.experiment.verdict import Counts, reasons, verdict
 from msgprof.stats import resource_summary
 
@@ -142,6 +143,7 @@ def summarise(
         "client_busiest_thread_max": max(cpu) if cpu else 0.0,
         "client_saturated": any(doc.get("saturated") for doc in client_docs),
         "server": _server_summary(server),
+        "descriptor_limit": descriptor_limit(server, client_docs),
         "timings": timings,
         "started_unix_s": started,
         "ended_unix_s": time.time(),

@@ -53,8 +53,9 @@ def reasons(
                 "descriptor_limit",
                 f"the server ran out of descriptors for connections (soft RLIMIT_NOFILE "
                 f"{server.get('rlimit_nofile', {}).get('soft')}, at most "
-                f"{connections.get('max_connections')} connections): {refused} connections "
-                f"refused, accept failures {accept_failed or 'none'}",
+                f"{connections.get('max_connections')} connections): "
+                f"{connections.get('admitted', 'unknown')} admitted, {refused} refused, "
+                f"accept failures {accept_failed or 'none'}",
             )
         )
     if replies.get("STORAGE_FULL"):

@@ -38,6 +38,12 @@ How a reply settles the message in flight, and what the client does next:
   process has connected once one has timed out, the clients not yet started are recorded as not
   connected without trying (the server is unreachable; trying them in turn would only multiply
   the wait).
+* A client whose handshake the server refuses (``EVENT_HANDSHAKE_FAILED_AUTH``: a server past its
+  descriptor budget answers "server full", a CURVE server a key it does not know) is recorded as
+  not connected at once, and counted as ``refused`` in client.json: libzmq does not reconnect
+  after a refused handshake, so waiting for the connect timeout would only hold its place in the
+  connect window. The clients after it are still tried (the server is there, and may have room
+  again when others leave).
 
 Connects are bounded: at most ``connect_window`` clients are connecting at once (each holds a
 socket monitor, two more descriptors, until its handshake is seen). This keeps a burst of

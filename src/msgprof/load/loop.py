@@ -38,6 +38,7 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 _HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
+_HANDSHAKE_REFUSED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 _MONITOR_EVENT = struct.Struct("=HI")
 
 
@@ -112,7 +113,7 @@ class Loop:
         self.next_to_start = 0
         self.connecting = 0
         self.n_connected = 0
-        self.n_not_connected = 0
+        self.n_not_connected = self.n_refused = 0  # refused: the server refused the handshake
         self.n_done = 0
         self.n_acked = 0
         self.n_errors = 0
@@ -192,6 +193,11 @@ class Loop:
                     self.reconnected(i, t)
                 if not self.resend_mode:
                     return
+            elif event == _HANDSHAKE_REFUSED:
+                if not self.connected[i] and not self.done[i]:
+                    self.n_refused += 1
+                    self.not_connected(i, refused=True)
+                    return
             elif event == _DISCONNECTED:
                 self.linked[i] = False
                 self.disconnects += 1
@@ -211,6 +217,8 @@ class Loop:
             self.mark_connected(i)
             if self.inflight[i] == 1:  # the queued first message: its clock starts now
                 self.arm(i, t)
+            elif self.last_seq[i] == 0 and self.config.messages and not self.held:
+                self.send(i)  # its first message died with an earlier connection
         if self.config.messages == 0:
             self.finish(i, t)
 
@@ -243,8 +251,9 @@ class Loop:
         self.mons[i] = None
         self.leave_window(i)
 
-    def not_connected(self, i: int) -> None:
-        """The handshake was not seen in time: drop the client and its queued message."""
+    def not_connected(self, i: int, refused: bool = False) -> None:
+        """The handshake was not seen in time, or was refused: drop the client and its queued
+        message."""
         self.close_monitor(i)
         self.waiter.remove(self.sock_tokens[i])
         sock = self.socks[i]
@@ -256,7 +265,7 @@ class Loop:
         self.done[i] = True
         self.n_done += 1
         self.n_not_connected += 1
-        if self.n_connected == 0:
+        if self.n_connected == 0 and not refused:
             # Unreachable server: record the clients not yet started without trying them.
             self.skip_unstarted()
 
@@ -278,6 +287,10 @@ class Loop:
         payload = payload_for(self.ids[i], seq, self.config.payload_bytes)
         t = time.perf_counter_ns()
         if not self.transmit(i, seq, t, payload) and not self.resend_mode:
+            if not self.connected[i]:
+                # The connection died before its handshake (refused, or lost) and took the
+                # message with it: the monitor tells which; a new connection sends it again.
+                return
             # Cannot happen with one message in flight and HWM > 1.
             self.finish(i, t)
             return
@@ -291,16 +304,18 @@ class Loop:
             self.arm(i, t)
 
     def transmit(self, i: int, seq: int, t_send: int, payload: bytes | None = None) -> bool:
-        """Queue DATA `seq` of client `i` on its DEALER; False if the pipe is full."""
+        """Queue DATA `seq` of client `i` on its DEALER; False if the pipe is full, or died
+        between the two frames (libzmq then drops the message: a refused handshake ends the
+        connection's pipe at any moment)."""
         cid = self.ids[i]
         sock = self.socks[i]
         try:
             sock.send(encode_data(cid, seq, t_send), _SNDMORE_NOBLOCK)
+            if payload is None:
+                payload = payload_for(cid, seq, self.config.payload_bytes)
+            sock.send(payload, _NOBLOCK)
         except zmq.Again:
             return False
-        if payload is None:
-            payload = payload_for(cid, seq, self.config.payload_bytes)
-        sock.send(payload, _NOBLOCK)
         return True
 
     def resend(self, i: int, now: int) -> None:

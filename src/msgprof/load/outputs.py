@@ -166,6 +166,7 @@ def _played(config: ClientConfig, loop: Loop, rec: _Recorded, counts: _Counts) -
         "client_ids": format_client_ids(loop.ids),
         "clients": loop.n,
         "connected": loop.n_connected,
+        "refused": loop.n_refused,
         "messages_per_client": config.messages,
         "payload_bytes": config.payload_bytes,
         "messages_planned": planned,

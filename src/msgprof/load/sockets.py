@@ -26,7 +26,8 @@ def open_client(
 ) -> tuple[zmq.Socket, zmq.Socket] | None:
     """A configured DEALER, not yet connected, and its monitor; None if libzmq refused a socket.
 
-    The monitor reports EVENT_HANDSHAKE_SUCCEEDED, and with `watch_disconnects` (resend mode)
+    The monitor reports EVENT_HANDSHAKE_SUCCEEDED and EVENT_HANDSHAKE_FAILED_AUTH (a refused
+    handshake), and with `watch_disconnects` (resend mode)
     EVENT_DISCONNECTED too. A refusal (EMFILE: the socket table or the descriptors are full) is
     for the caller to retry later; any other error closes what was made and is raised.
     """
@@ -36,7 +37,7 @@ def open_client(
         if e.errno == errno.EMFILE:
             return None
         raise
-    events = zmq.EVENT_HANDSHAKE_SUCCEEDED
+    events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
     if watch_disconnects:
         events |= zmq.EVENT_DISCONNECTED
     try:

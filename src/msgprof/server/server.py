@@ -22,6 +22,9 @@ import zmq
 
 from msgprof import atomic, limits
 from msgprof.config import ServerConfig
+from msgprof.ratelog import Throttled
+from msgprof.server.admission import MONITOR_EVENTS, Admission, Listener, listen
+from msgprof.store.descriptors import DescriptorReserve, store_descriptors
 from msgprof.store.errors import StorageFull, StoreError
 from msgprof.store.queue import QueueStore
 from msgprof.wire import protocol, security
@@ -37,26 +40,19 @@ IDLE_POLL_MS = 100
 PEER_HWM = 1000
 #: Descriptors kept free beyond queue files, connections and the accept burst: logs, libzmq's own.
 FD_RESERVE = 64
+#: Socket-monitor events queued for the gatekeeper's thread (about 100 bytes each).
+MONITOR_HWM = 100_000
 #: Service-time samples kept for quantiles (8 bytes each); later messages are counted only.
 MAX_SERVICE_SAMPLES = 20_000_000
 
 _STATUS_NAMES = {int(s): s.name for s in Status}
 
 
+
 def store_status(err: StoreError) -> Status:
     """The answer to a record the store refused: the store names its failures, the server
     chooses the reply (STORAGE_FULL says a retry may succeed once there is room)."""
     return Status.STORAGE_FULL if isinstance(err, StorageFull) else Status.STORAGE_ERROR
-
-
-_MONITOR_EVENTS = (
-    zmq.EVENT_ACCEPTED
-    | zmq.EVENT_ACCEPT_FAILED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
 
 
 class NullStore:
@@ -96,14 +92,7 @@ class Counters:
     unanswered: int = 0
     unroutable: int = 0  # peer gone before its ack could be sent (ROUTER_MANDATORY)
     reply_dropped_hwm: int = 0
-    connections: int = 0
-    peak_connections: int = 0
-    accepted: int = 0
-    disconnected: int = 0
-    accept_failed: Counter = field(default_factory=Counter)  # by errno name
-    refused: int = 0  # handshakes refused because the descriptor budget was spent
     client_id_takeovers: int = 0  # a client id arrived from another connection than before
-    handshake_failed: int = 0
     bursts: int = 0
     peak_burst: int = 0
 
@@ -121,14 +110,31 @@ class Server:
         self._samples_at_snapshot = 0  # service samples taken before the last snapshot
         self._started_ns = time.time_ns()
         self.endpoint: str | None = None
+        self._snapshot_warning = Throttled(log)
+        self._descriptors_at_stop: dict[str, int] | None = None
+        self._owner: dict[int, bytes] = {}  # client id -> routing id of its latest connection
+        burst = self._descriptor_budget()
+        self.admission = Admission(self.nofile[0], self.max_connections, burst + 1)
+        self._open_store()
+        self.ctx = zmq.Context(io_threads=1)
+        self.ctx.set(zmq.MAX_SOCKETS, config.max_sockets)
+        self.router = self._router()
+        self._listen()
 
+    def _descriptor_budget(self) -> int:
+        """Set the descriptor limit and the connection budget; the accept burst it assumes.
+
+        Queue files (LRU cap), one accept burst (up to the listen backlog, accepted by libzmq
+        before the server hears of it) and a reserve come first; connections get the rest. A
+        connection past it is refused at its handshake, and the listener takes no new ones while
+        refusals in flight would reach the limit (msgprof.server.admission); the store's
+        descriptors are held for it from the start (msgprof.store.descriptors), so no
+        connection can take them.
+        """
+        config = self.config
         self.nofile = limits.raise_nofile(config.rlimit_nofile)
         if config.rlimit_nofile is not None and config.rlimit_nofile < self.nofile[0]:
             self.nofile = limits.lower_nofile(config.rlimit_nofile)
-        # Descriptor budget: queue files (LRU cap), one accept burst (up to the listen backlog,
-        # accepted by libzmq before the server hears of it) and a reserve come first;
-        # connections get the rest. A connection past it is shut at once, so the process never
-        # reaches EMFILE, where libzmq's accept loop would spin at 100% CPU.
         burst = min(config.backlog, _somaxconn_int())
         self.max_connections = self.nofile[0] - config.max_open_files - burst - FD_RESERVE
         if self.max_connections < 1:
@@ -137,38 +143,58 @@ class Server:
                 f"--max-open-files {config.max_open_files}, the accept burst ({burst}) and "
                 f"{FD_RESERVE} reserved; lower --backlog or --max-open-files, or raise the limit"
             )
+        return burst
+
+    def _open_store(self) -> None:
+        """The queues (recovered), drawing their descriptors from a reserve of their own."""
+        config = self.config
         self.store: QueueStore | NullStore
+        self.descriptors: DescriptorReserve | None = None
         if config.store == "none":
             self.store = NullStore()
-        else:
+            return
+        self.descriptors = DescriptorReserve(
+            store_descriptors(config.max_open_files), exclusive=self.admission.exclusive
+        )
+        try:
             self.store = QueueStore(
                 Path(config.data_dir),
                 ack_after=config.ack_after,
                 sync_method=config.sync_method,
                 flush_interval_ms=config.flush_interval_ms,
                 max_open_files=config.max_open_files,
+                files=self.descriptors,
             )
-            for cut in self.store.recovery:
-                log.warning("recovery: %s", cut)
+        except BaseException:
+            self.descriptors.close_all()
+            raise
+        for cut in self.store.recovery:
+            log.warning("recovery: %s", cut)
 
-        self.ctx = zmq.Context(io_threads=1)
-        self.ctx.set(zmq.MAX_SOCKETS, config.max_sockets)
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.setsockopt(zmq.BACKLOG, config.backlog)
-        self.router.setsockopt(zmq.LINGER, 1000)
+    def _router(self) -> zmq.Socket:
+        """The ROUTER socket with its limits per peer, heartbeats and (optionally) CURVE."""
+        config = self.config
+        router = self.ctx.socket(zmq.ROUTER)
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.BACKLOG, config.backlog)
+        router.setsockopt(zmq.LINGER, 1000)
         # Bounded memory per peer: a peer that floods or never reads its acks is held back by
         # TCP (RCVHWM) or loses acks it does not read (SNDHWM, counted); a frame far over the
         # payload limit disconnects its peer instead of being read into memory first.
-        self.router.setsockopt(zmq.RCVHWM, PEER_HWM)
-        self.router.setsockopt(zmq.SNDHWM, PEER_HWM)
-        self.router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(config.max_payload_bytes))
+        router.setsockopt(zmq.RCVHWM, PEER_HWM)
+        router.setsockopt(zmq.SNDHWM, PEER_HWM)
+        router.setsockopt(zmq.MAXMSGSIZE, max_frame_bytes(config.max_payload_bytes))
         # Dead peers (no FIN ever comes) are dropped after missed heartbeats; a peer that
         # connects but never completes the ZMTP handshake is dropped after the handshake timeout.
         if config.heartbeat_ms:
-            self.router.setsockopt(zmq.HEARTBEAT_IVL, config.heartbeat_ms)
-            self.router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * config.heartbeat_ms)
-        self.router.setsockopt(zmq.HANDSHAKE_IVL, config.handshake_timeout_ms)
+            router.setsockopt(zmq.HEARTBEAT_IVL, config.heartbeat_ms)
+            router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * config.heartbeat_ms)
+        router.setsockopt(zmq.HANDSHAKE_IVL, config.handshake_timeout_ms)
+        return router
+
+    def _listen(self) -> None:
+        """Put the gatekeeper in front of every handshake, bind, and say where (ready file)."""
+        config = self.config
         allowed = None
         if config.curve_secret is not None:
             allowed = security.curve_server(self.router, config.curve_secret, config.curve_allow)
@@ -178,20 +204,28 @@ class Server:
                 "write to the queues (use --curve-secret and --curve-allow)",
                 config.bind,
             )
-        self._owner: dict[int, bytes] = {}  # client id -> routing id of its latest connection
         # Every handshake asks the gatekeeper: a CURVE key off the allow-list, or a connection
         # past the descriptor budget, is refused before it holds a descriptor for long.
-        monitor = self.router.get_monitor_socket(_MONITOR_EVENTS)
+        monitor = _monitor_socket(self.ctx, self.router, MONITOR_EVENTS)
         self.gatekeeper = security.Gatekeeper(
-            self.ctx, self._has_room, allowed, monitor, self._on_monitor_event
+            self.ctx, self.admission.admit, allowed, monitor, self.admission.on_event
         )
         self.router.zap_domain = b"msgprof"
-        self.router.bind(config.bind)
+        self.listener: Listener | None = listen(self.router, config.bind, config.backlog)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        import numpy  # noqa: F401 - loaded now: a snapshot in a storm must not need descriptors for it
+
+        self.admission.serve(self.listener, limits.open_fds())
+        self._log_listening()
+        if config.ready_file is not None:
+            atomic.write_text(config.ready_file, f"{self.endpoint}\n{os.getpid()}\n")
+
+    def _log_listening(self) -> None:
+        config = self.config
         log.info(
             "listening on %s: store=%s ack_after=%s sync_method=%s flush_interval_ms=%s backlog=%d "
             "max_open_files=%d max_payload_bytes=%d max_sockets=%d rlimit_nofile=%d/%d "
-            "max_connections=%d somaxconn=%s",
+            "max_connections=%d somaxconn=%s connection_gate_at=%s",
             self.endpoint,
             config.store,
             config.ack_after,
@@ -204,9 +238,8 @@ class Server:
             *self.nofile,
             self.max_connections,
             _somaxconn(),
+            self.admission.close_at,
         )
-        if config.ready_file is not None:
-            atomic.write_text(config.ready_file, f"{self.endpoint}\n{os.getpid()}\n")
 
     # -- control -------------------------------------------------------------------------------
 
@@ -322,44 +355,6 @@ class Server:
         if len(samples) < MAX_SERVICE_SAMPLES:
             samples.extend(t_done - t for _i, _s, _h, t in replies)
 
-    def _on_monitor_event(self, event: dict) -> None:
-        """Count connections from the socket monitor (in the gatekeeper's thread, which
-        judges the descriptor budget from these counts)."""
-        counters = self.counters
-        kind = event["event"]
-        if kind == zmq.EVENT_ACCEPTED:
-            counters.accepted += 1
-            counters.connections += 1
-            if counters.connections > counters.peak_connections:
-                counters.peak_connections = counters.connections
-        elif kind == zmq.EVENT_DISCONNECTED:
-            counters.disconnected += 1
-            counters.connections = max(0, counters.connections - 1)
-        elif kind == zmq.EVENT_ACCEPT_FAILED:
-            name = _errno_name(event["value"])
-            if not counters.accept_failed:
-                log.error("accept failed with %s (soft RLIMIT_NOFILE %d)", name, self.nofile[0])
-            counters.accept_failed[name] += 1
-        else:
-            counters.handshake_failed += 1
-            self._note_refusals()
-
-    def _has_room(self) -> bool:
-        """Whether one more connection fits the descriptor budget (asked by the gatekeeper)."""
-        return self.counters.connections <= self.max_connections
-
-    def _note_refusals(self) -> None:
-        """Log the first refusal for lack of descriptors: the limit this server hit."""
-        if self.gatekeeper.refused_full and not self.counters.refused:
-            log.warning(
-                "descriptor limit: more than %d connections (soft RLIMIT_NOFILE %d, %d kept for "
-                "queue files): refusing new connections at the handshake while over the budget",
-                self.max_connections,
-                self.nofile[0],
-                self.config.max_open_files,
-            )
-        self.counters.refused = self.gatekeeper.refused_full
-
     def _write_snapshot(self) -> None:
         """Stats while running (`"final": false`), numbered so a reader can wait for its own."""
         self._snapshots_written = self._snapshots_wanted
@@ -368,7 +363,11 @@ class Server:
         stats = self.stats(self.store.stats(), self.store.disk_bytes(), limits.open_fds())
         stats["final"] = False
         stats["snapshot"] = self._snapshots_written
-        atomic.write_json(self.config.stats_out, stats)
+        try:
+            atomic.write_json(self.config.stats_out, stats)
+        except OSError as exc:  # no descriptor free for it in a storm: serving goes on
+            self._snapshot_warning("cannot write the stats snapshot: %s", exc)
+            return
         self._samples_at_snapshot = len(self._service_ns)
 
     # -- shutdown ------------------------------------------------------------------------------
@@ -376,6 +375,7 @@ class Server:
     def _shutdown(self) -> dict[str, Any]:
         """Stop receiving, make everything durable, close, and write the stats."""
         self.gatekeeper.stop()  # reads the last monitor events, closes the monitor
+        self.admission.flush_logs()
         fds_at_stop = limits.open_fds()
         store_stats = self.store.stats()
         disk_bytes = self.store.disk_bytes()
@@ -384,8 +384,13 @@ class Server:
         except StoreError as err:  # the final flush failed: say so, the stats still get written
             log.error("final flush failed: %s", err)
             store_stats["close_error"] = f"{err.kind}: {err}"
+        if self.descriptors is not None:
+            self._descriptors_at_stop = self.descriptors.stats()
+            self.descriptors.close_all()
         self.router.close()
         self.ctx.term()
+        if self.listener is not None:
+            self.listener.close()
         stats = self.stats(store_stats, disk_bytes, fds_at_stop)
         stats["final"] = True
         stats["snapshot"] = self._snapshots_written
@@ -416,15 +421,12 @@ class Server:
             "unanswered": c.unanswered,
             "unroutable": c.unroutable,
             "reply_dropped_hwm": c.reply_dropped_hwm,
-            "connections": {
-                "peak": c.peak_connections,
-                "accepted": c.accepted,
-                "disconnected": c.disconnected,
-                "accept_failed": dict(c.accept_failed),
-                "refused": c.refused,
-                "max_connections": self.max_connections,
-                "handshake_failed": c.handshake_failed,
-            },
+            "connections": self.admission.stats(),
+            "store_descriptors": (
+                self._descriptors_at_stop
+                if self._descriptors_at_stop is not None or self.descriptors is None
+                else self.descriptors.stats()
+            ),
             "client_id_takeovers": c.client_id_takeovers,
             "curve": self.config.curve_secret is not None,
             "refused_unknown_key": self.gatekeeper.refused_key,
@@ -438,6 +440,17 @@ class Server:
             "disk_bytes": disk_bytes,
             "recovery_cuts": [str(cut) for cut in self.store.recovery],
         }
+
+
+def _monitor_socket(ctx: zmq.Context, sock: zmq.Socket, events: int) -> zmq.Socket:
+    """The monitor of `sock`, with room for MONITOR_HWM events: admission counts every
+    connection from these events, and a dropped one would skew its counts for good."""
+    address = f"inproc://msgprof.monitor.{id(sock):x}"
+    sock.monitor(address, events)
+    monitor = ctx.socket(zmq.PAIR)
+    monitor.rcvhwm = MONITOR_HWM
+    monitor.connect(address)
+    return monitor
 
 
 def max_frame_bytes(max_payload_bytes: int) -> int:
@@ -457,12 +470,6 @@ def _quantiles(samples: array.array) -> dict[str, int]:
     found = quantiles(values, (0.5, 0.9, 0.99, 0.999, 1.0))
     names = ("p50", "p90", "p99", "p999", "max")
     return {"count": int(values.size), **{name: int(v) for name, v in zip(names, found)}}
-
-
-def _errno_name(value: int) -> str:
-    import errno
-
-    return errno.errorcode.get(value, str(value))
 
 
 def _somaxconn_int() -> int:

@@ -20,6 +20,7 @@ import threading
 from abc import ABC, abstractmethod
 from typing import Any
 
+from msgprof.ratelog import Throttled
 from msgprof.store.checksum import crc32
 from msgprof.store.client import Client
 from msgprof.store.errors import StorageFailure, StoreError, for_client
@@ -301,7 +302,8 @@ class WriteMode(_Background):
         super().__init__(
             writer, flush_interval_ms=WAL_FLUSH_INTERVAL_MS, max_buffer_bytes=max_buffer_bytes
         )
-        self._wal = WriteAheadLog(writer.root / WAL_DIR)
+        self._wal = WriteAheadLog(writer.root / WAL_DIR, files=writer.files)
+        self._rotate_warning = Throttled(_log)
         # the commit's log entry as append builds it (parts[0] is left for the entry's
         # header; then header, payload, ... of each record) and its table (client_id, record
         # bytes, ... per record); the logged commits the flusher has yet to take
@@ -403,7 +405,7 @@ class WriteMode(_Background):
             self._wal.rotate()
         except OSError as exc:  # harmless: the current file is kept until later
             self._writer.flush_errors["wal_rotate"] += 1
-            _log.warning("%s: cannot start a new log file: %s", self._writer.root, exc)
+            self._rotate_warning("%s: cannot start a new log file: %s", self._writer.root, exc)
         return taken
 
     def _take_logged(self) -> None:
@@ -436,10 +438,11 @@ class WriteMode(_Background):
 
     def close_log(self) -> None:
         self._wal.close(remove=True)  # every logged record is in its segment, synced
-        fsync_dir(self._wal.dir)
+        fsync_dir(self._wal.dir, self._writer.files)
 
     def release(self) -> None:
         self._wal.close(remove=False)
+        self._rotate_warning.flush()
 
     def wal_figures(self) -> tuple[int, int]:
         return self._wal.bytes_written, self._wal.files_started

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from msgprof.config import ACK_MODES, SYNC_METHODS
+from msgprof.store.descriptors import PLAIN, Files
 from msgprof.store.errors import StorageFailure, StoreError, summary
 from msgprof.store.modes import MODES, Mode
 from msgprof.store.recovery import (
@@ -82,6 +83,10 @@ class QueueStore:
     after all files of the batch are written; ``auto`` syncfs for batches of
     SYNCFS_MIN_FILES files or more or with a new segment, else fdatasync. `sync_method` is
     the effective one: ``auto`` becomes ``fdatasync`` where syncfs is unavailable.
+
+    `files` opens and closes the files used while serving (segments, log files, directories to
+    sync): plain os calls by default; a server passes a `DescriptorReserve`, so that connections
+    cannot take the descriptors the store needs (msgprof.store.descriptors).
     """
 
     #: append(client_id, seq, payload): frame one record in memory; `commit` makes it count.
@@ -100,6 +105,7 @@ class QueueStore:
         max_buffer_bytes: int = 64 << 20,
         sync_threads: int = 4,
         sync_method: str = "auto",
+        files: Files = PLAIN,
     ) -> None:
         _check_options(
             ack_after,
@@ -125,8 +131,8 @@ class QueueStore:
             max_open_files=max_open_files,
             sync_threads=sync_threads,
             syncfs=syncfs,
-            disk_bytes=recovered.disk_bytes,
-        )
+            disk_bytes=recovered.disk_bytes, files=files,
+        )  # fmt: skip
         self._clients = writer.clients
         self._counts = writer.counts
         for cid, tail in recovered.tails.items():

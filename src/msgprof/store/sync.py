@@ -17,6 +17,7 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from msgprof.store.descriptors import PLAIN, Files
 from msgprof.store.errors import FULL_ERRNOS
 
 #: "auto" takes one syncfs instead of fdatasyncs from this many files written in one batch on.
@@ -98,22 +99,22 @@ def fdatasync_result(fd: int) -> OSError | None:
     return None
 
 
-def fdatasync_path(path: str) -> OSError | None:
+def fdatasync_path(path: str, files: Files = PLAIN) -> OSError | None:
     """Open a closed file again and fdatasync it; the error, if any."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        fd = files.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except OSError as exc:
         return exc
     try:
         return fdatasync_result(fd)
     finally:
-        os.close(fd)
+        files.close(fd)
 
 
-def fsync_dir(path: Path | str) -> None:
+def fsync_dir(path: Path | str, files: Files = PLAIN) -> None:
     """fsync a directory, which makes its new, renamed and removed entries durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = files.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
     finally:
-        os.close(fd)
+        files.close(fd)

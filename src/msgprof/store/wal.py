@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
 from msgprof.store.checksum import crc32
+from msgprof.store.descriptors import PLAIN, Files
 from msgprof.store.segment import (
     CRC,
     RECORD_HEADER,
@@ -193,8 +194,9 @@ class WriteAheadLog:
     """Appends to the newest log file; `rotate` starts the next one, `release` deletes the
     older ones. Not thread-safe: the store serialises calls. Errors are raised as OSError."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, files: Files = PLAIN) -> None:
         self.dir = Path(directory)
+        self._files = files
         self.dir.mkdir(exist_ok=True)
         existing = wal_files(self.dir)
         self._number = existing[-1][0] if existing else 0
@@ -210,10 +212,10 @@ class WriteAheadLog:
     def _start(self) -> None:
         """Create the next file; its header goes out with the first append."""
         path = self.dir / wal_name(self._number + 1)
-        fd = os.open(path, _OPEN_NEW, 0o644)
+        fd = self._files.open(path, _OPEN_NEW, 0o644)
         self._number += 1
         if self._fd >= 0:
-            os.close(self._fd)
+            self._files.close(self._fd)
             self._retired.append(self._path)  # type: ignore[arg-type]
         self._fd, self._path, self._size = fd, path, 0
         self.files_started += 1
@@ -269,7 +271,7 @@ class WriteAheadLog:
         """Close the current file; with `remove`, delete it and every retired file too (the
         store has every record elsewhere, durably)."""
         if self._fd >= 0:
-            os.close(self._fd)
+            self._files.close(self._fd)
             self._fd = -1
             if self._path is not None:
                 self._retired.append(self._path)

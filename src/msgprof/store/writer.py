@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from msgprof.store.client import Client
+from msgprof.store.descriptors import PLAIN, Files
 from msgprof.store.errors import StorageFailure, StoreError, for_client
 from msgprof.store.segment import (
     SEGMENT_HEADER_SIZE,
@@ -76,8 +77,11 @@ class SegmentWriter:
         sync_threads: int,
         syncfs: SyncfsSetup,
         disk_bytes: int,
+        files: Files = PLAIN,
     ) -> None:
         self.root = root
+        #: Opens and closes the files used while serving (msgprof.store.descriptors).
+        self.files = files
         self.clients = clients
         self.durable = durable
         self.segment_bytes = segment_bytes
@@ -237,7 +241,7 @@ class SegmentWriter:
                 st.has_dir = True
                 self._unsynced_dirs.add(str(self.root))
             self._release_fd(st)
-            fd = os.open(path, _OPEN_NEW, 0o644)
+            fd = self.files.open(path, _OPEN_NEW, 0o644)
             self._track_fd(st.cid, fd)
             data = segment_header(st.cid, first_seq) + data
             write_all(fd, data)
@@ -363,7 +367,7 @@ class SegmentWriter:
         while self._unsynced_dirs:
             directory = self._unsynced_dirs.pop()
             try:
-                fsync_dir(directory)
+                fsync_dir(directory, self.files)
             except OSError:
                 self._unsynced_dirs.add(directory)
                 raise
@@ -412,7 +416,7 @@ class SegmentWriter:
             self.clients[cid].unsynced = False
         self._unsynced_paths.clear()
         results = [(cid, fdatasync_result(fd)) for cid, fd in open_fds]
-        results += [(_path_client(path), fdatasync_path(path)) for path in closed]
+        results += [(_path_client(path), fdatasync_path(path, self.files)) for path in closed]
         self.counts["fsyncs"] += len(results)
         for cid, exc in results:
             if exc is not None:
@@ -435,7 +439,7 @@ class SegmentWriter:
         if fd is not None:
             self.fds.move_to_end(st.cid)
             return fd
-        fd = os.open(st.seg_path, _OPEN_APPEND)  # type: ignore[arg-type]
+        fd = self.files.open(st.seg_path, _OPEN_APPEND)  # type: ignore[arg-type]
         self._track_fd(st.cid, fd)
         return fd
 
@@ -473,7 +477,7 @@ class SegmentWriter:
                         st.sync_error = self.failed(exc, f"client {st.cid}: fdatasync")
                         self._truncate_fd(st, fd, st.sync_before)
         finally:
-            os.close(fd)
+            self.files.close(fd)
 
     def release(self) -> None:
         """Close every descriptor the writer holds and stop its sync threads."""
@@ -482,7 +486,7 @@ class SegmentWriter:
         with self.io_lock:
             while self.fds:
                 _, fd = self.fds.popitem()
-                os.close(fd)
+                self.files.close(fd)
         if self._root_fd >= 0:
             os.close(self._root_fd)
             self._root_fd = -1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import struct
 import threading
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -19,9 +20,10 @@ from typing import Callable, NamedTuple
 import zmq
 import zmq.auth
 from zmq.utils import z85
-from zmq.utils.monitor import recv_monitor_message
 
 log = logging.getLogger("msgprof.security")
+
+_MONITOR_EVENT = struct.Struct("=HI")  # event id u16, value u32: a monitor message's first frame
 
 
 def keygen(directory: Path, name: str) -> tuple[Path, Path]:
@@ -59,12 +61,19 @@ class Gatekeeper:
     handshake fail (ZMTP ERROR, status 400) instead of a connection that hangs, and its
     descriptor is freed at once. One thread; the handshake waits for its answer.
 
-    The same thread reads the server socket's monitor (`on_event` per event) and drains it
-    before every answer: libzmq reports a connection's ACCEPTED before its handshake asks,
-    so `admit()` judges a count that includes every connection accepted so far.
+    The same thread reads the server socket's monitor (`on_event(event, value)` per event)
+    and drains it before every answer: libzmq reports a connection's ACCEPTED before its
+    handshake asks, so `admit()` judges a count that includes every connection accepted so far.
+    A drain reads at most DRAIN_MAX events between wake-ups, and ANSWER_DRAIN_MAX before an
+    answer: libzmq's accept loop, failing with EMFILE, reports a failure per turn, and a drain
+    that waited for the end of that flood would answer too late to end it (each refusal frees a
+    descriptor). When many handshakes wait, up to ANSWER_MAX are answered per wake-up.
     """
 
     ENDPOINT = "inproc://zeromq.zap.01"
+    DRAIN_MAX = 1000
+    ANSWER_DRAIN_MAX = 64
+    ANSWER_MAX = 256
 
     def __init__(
         self,
@@ -72,7 +81,7 @@ class Gatekeeper:
         admit: Callable[[], bool],
         allowed: set[bytes] | None,
         monitor: zmq.Socket,
-        on_event: Callable[[dict], None],
+        on_event: Callable[[int, int], None],
     ) -> None:
         self.admit = admit
         self.allowed = allowed
@@ -96,24 +105,33 @@ class Gatekeeper:
                 ready = dict(poller.poll(100))
                 self._drain_monitor()
                 if self._sock in ready:
-                    self._answer(self._sock.recv_multipart())
+                    self._answer_waiting()
             self._drain_monitor()
         finally:  # closed by the thread that used them
             self._sock.close(linger=0)
             self._monitor.close(linger=0)
 
-    def _drain_monitor(self) -> None:
-        while True:
+    def _drain_monitor(self, most: int = DRAIN_MAX) -> None:
+        monitor, on_event, unpack = self._monitor, self._on_event, _MONITOR_EVENT.unpack_from
+        for _ in range(most):
             try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)
+                frames = monitor.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._on_event(event)
+            on_event(*unpack(frames[0]))
+
+    def _answer_waiting(self) -> None:
+        for _ in range(self.ANSWER_MAX):
+            try:
+                request = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._answer(request)
 
     def _answer(self, request: list[bytes]) -> None:
         """Reply to one ZAP request (RFC 27): 200 to admit, 400 to refuse."""
         version, request_id, _domain, _address, _identity, mechanism = request[:6]
-        self._drain_monitor()
+        self._drain_monitor(self.ANSWER_DRAIN_MAX)
         status, text = b"200", b"OK"
         if self.allowed is not None and (
             mechanism != b"CURVE" or z85.encode(request[6]) not in self.allowed

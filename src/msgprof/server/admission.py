@@ -1,0 +1,514 @@
+"""Connection admission: which connections the server takes, and when its listener takes any.
+
+Two layers keep connections within the server's descriptor budget:
+
+1. **The budget, at the handshake.** Every handshake asks the gatekeeper (a ZAP handler,
+   msgprof.wire.security), which asks `Admission.admit()`: admitted while the connections
+   admitted and still open are fewer than `max_connections`, else refused ("server full", ZAP
+   status 400). libzmq then closes the connection at once, and the client's libzmq does not
+   reconnect after a refused handshake; msgprof's client records it as refused.
+
+2. **The gate, at the listening socket.** A refused connection still holds a descriptor from
+   accept() until libzmq closes it. When hundreds of clients connect at once, libzmq's I/O thread
+   accepts faster than handshakes are refused, the descriptors in flight reach the process limit,
+   accept() fails with EMFILE and libzmq's accept loop spins (and, without the store's reserve,
+   the store can open no file). So the server owns its listening socket (`Listener`, lent to
+   libzmq with ZMQ_USE_FD) and, while the open connections come within one accept burst (what
+   the listen queue holds, `queue`) and a guard of the descriptors the process has left,
+   attaches a socket filter to it that drops every packet: no connection request gets an answer,
+   no half-open connection completes, and only what is already in the listen queue can still be
+   accepted. The clients' TCP sends its SYN again after 1 s, 3 s, ..., as against a full listen
+   queue. Established connections are separate sockets and never see the filter; one that
+   completes in the instant the filter is attached inherits it (the kernel copies a listener's
+   filter into the connections it creates), so the filter is detached from every connection
+   accepted around a closing. The gate also closes after an accept failure (until the open
+   connections are below the mark again) and while the store opens a file in a placeholder's
+   place (`exclusive()`, see msgprof.store.descriptors): once the listen queue is empty too,
+   accept() cannot run and cannot take the descriptor the store just freed.
+
+The listener is never unbound and bound again: libzmq's unbind closes every connection accepted
+through it, and a port left unbound in the ephemeral range can be taken by a client's own connect
+(TCP self-connect). The port stays held from start to stop.
+
+Counting comes from the socket monitor, read by the gatekeeper's thread before every answer
+(`on_event`): open connections = accepted - disconnected; admitted and open = handshakes that
+succeeded - their disconnects (each failed handshake ends in one disconnect), plus approvals whose
+handshake has not yet been seen to succeed (forgotten after PENDING_TTL_S: a client may vanish
+between approval and handshake). The monitor lags libzmq's accepts by what that thread has not
+read yet; GATE_GUARD is for that lag, and it is why the gate closes before the budget's
+arithmetic would need it to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import ipaddress
+import logging
+import socket
+import struct
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Iterator
+from typing import Any
+
+import zmq
+
+from msgprof.ratelog import Throttled
+
+log = logging.getLogger("msgprof.admission")
+
+#: Descriptors the gate keeps free beyond one accept burst: what libzmq accepts before the
+#: gatekeeper's thread has read the events of the accepts so far.
+GATE_GUARD = 16
+#: The gate opens again this many connections below where it closed (fewer toggles in a storm).
+GATE_HYSTERESIS = 4
+#: Seconds after the gate opens in which new connections still get its filter taken off.
+DETACH_WINDOW_S = 1.0
+#: Seconds an approval counts as admitted before its handshake is seen to succeed.
+PENDING_TTL_S = 2.0
+#: Bound on `exclusive()`'s wait for the listen queue to empty, and the quiet time it requires.
+EXCLUSIVE_TIMEOUT_S = 2.0
+EXCLUSIVE_QUIET_S = 0.001
+#: Interval of the rate-limited warnings (refusals, gate closings, accept failures), seconds.
+WARN_INTERVAL_S = 10.0
+
+_SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+_SO_DETACH_FILTER = getattr(socket, "SO_DETACH_FILTER", 27)
+_TCP_INFO_QUEUE = struct.Struct("=I")  # tcpi_unacked: a listener's accept queue length
+_TCP_INFO_QUEUE_OFFSET = 24
+
+_ACCEPTED = int(zmq.EVENT_ACCEPTED)
+_ACCEPT_FAILED = int(zmq.EVENT_ACCEPT_FAILED)
+_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
+_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_FAILED_NAMES = {
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL): "no_detail",
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL): "protocol",
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH): "auth",
+}
+#: What the server's socket monitor reports for admission.
+MONITOR_EVENTS = (
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_ACCEPT_FAILED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+
+
+# ------------------------------------------------------------------------------ the listener
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    ]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+# Classic BPF: "ret #0", keep nothing of any packet.
+_DROP_ALL = (_SockFilter * 1)(_SockFilter(0x06, 0, 0, 0))
+_DROP_ALL_PROG = _SockFprog(len(_DROP_ALL), _DROP_ALL)
+_DROP_ALL_BLOB = ctypes.string_at(ctypes.addressof(_DROP_ALL_PROG), ctypes.sizeof(_DROP_ALL_PROG))
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def _detach_filter(fd: int) -> None:
+    """Take a socket filter off descriptor `fd` (libzmq's; a Python socket object would own
+    it). Harmless when it has none, or is no socket any more."""
+    _libc.setsockopt(fd, socket.SOL_SOCKET, _SO_DETACH_FILTER, None, 0)
+
+
+def parse_tcp_endpoint(endpoint: str) -> tuple[socket.AddressFamily, str, int] | None:
+    """(family, address, port) of a ``tcp://`` endpoint with a literal address, ``localhost``
+    or ``*``; None for anything else (ipc, inproc, an interface or host name)."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    host, sep, port_text = endpoint.removeprefix("tcp://").rpartition(":")
+    if not sep or not port_text.isdigit() or int(port_text) > 65535:
+        return None
+    host = host.strip("[]")
+    if host == "localhost":
+        host = "127.0.0.1"
+    elif host == "*":
+        host = "0.0.0.0"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    return family, str(address), int(port_text)
+
+
+class Listener:
+    """The server's TCP listening socket, bound and listening here and lent to libzmq.
+
+    libzmq gets one descriptor of it (ZMQ_USE_FD) and closes that one with the socket; the
+    server keeps a second (`_ctl`) to gate it and read its listen queue, closed in `close()`.
+    """
+
+    def __init__(self, family: socket.AddressFamily, address: str, port: int, backlog: int) -> None:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((address, port))
+            sock.listen(backlog)
+            sock.setblocking(False)
+            self._ctl = sock.dup()
+        except BaseException:
+            sock.close()
+            raise
+        self._lent: socket.socket | None = sock
+        self.address = address
+        self.port = sock.getsockname()[1]
+        self.gated = False
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"tcp://{host}:{self.port}"
+
+    def lend(self, router: zmq.Socket) -> None:
+        """Bind `router` to this socket (libzmq takes one descriptor of it)."""
+        assert self._lent is not None
+        router.setsockopt(zmq.USE_FD, self._lent.fileno())
+        try:
+            router.bind(self.endpoint)
+        finally:
+            router.setsockopt(zmq.USE_FD, -1)
+        self._lent.detach()  # libzmq owns that descriptor now
+        self._lent = None
+
+    def close_gate(self) -> None:
+        """Drop every packet to the listener; established connections are not affected."""
+        if not self.gated:
+            self._ctl.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, _DROP_ALL_BLOB)
+            self.gated = True
+
+    def open_gate(self) -> None:
+        if self.gated:
+            self._ctl.setsockopt(socket.SOL_SOCKET, _SO_DETACH_FILTER, 0)
+            self.gated = False
+
+    def queued(self) -> int:
+        """Connections in the listen queue, established and not yet accepted."""
+        info = self._ctl.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return _TCP_INFO_QUEUE.unpack_from(info, _TCP_INFO_QUEUE_OFFSET)[0]
+
+    def close(self) -> None:
+        """Close the server's descriptor (after libzmq has closed its own)."""
+        if self._lent is not None:
+            self._lent.close()
+            self._lent = None
+        self._ctl.close()
+
+
+def listen(router: zmq.Socket, endpoint: str, backlog: int) -> Listener | None:
+    """Bind `router` to `endpoint` through a `Listener` with a gate; where the endpoint or the
+    system allows none (not a literal TCP address, no socket filters), bind it plainly and
+    return None: the budget then holds at the handshake only."""
+    parsed = parse_tcp_endpoint(endpoint)
+    if parsed is not None:
+        try:
+            listener = Listener(*parsed, backlog)
+        except OSError as exc:
+            raise zmq.ZMQError(exc.errno or errno.EINVAL, f"cannot bind {endpoint}: {exc}") from exc
+        try:
+            listener.close_gate()  # a system without socket filters says so here
+            listener.open_gate()
+        except OSError as exc:
+            log.info(
+                "no connection gate on %s (%s): the budget holds at the handshake", endpoint, exc
+            )
+            listener.close()
+        else:
+            try:
+                listener.lend(router)
+            except BaseException:
+                listener.close()
+                raise
+            return listener
+    else:
+        log.info("no connection gate on %s: the budget holds at the handshake", endpoint)
+    router.bind(endpoint)
+    return None
+
+
+# ------------------------------------------------------------------------------- admission
+
+
+class Admission:
+    """The connection budget and the gate; see the module docstring.
+
+    `limit` is the process's descriptor limit, `max_connections` the budget of admitted
+    connections, `queue` what the listen queue holds (one accept burst). `on_event` and `admit`
+    are called from the gatekeeper's thread; `exclusive` from the store's threads.
+    """
+
+    def __init__(self, limit: int, max_connections: int, queue: int) -> None:
+        self.limit = limit
+        self.max_connections = max_connections
+        self.queue = queue
+        self.listener: Listener | None = None
+        self.fixed = 0  # descriptors the process holds besides connections, when serving began
+        self.close_at: int | None = None  # open connections at which the gate closes
+        self._close_mark = 1 << 62  # close_at, or never without a gate
+        self._open_mark = 1 << 62
+        self._lock = threading.Lock()
+        # counts: the gatekeeper's thread writes them, others only read
+        self.accepted = 0
+        self.disconnected = 0
+        self.succeeded = 0
+        self.failed: Counter[str] = Counter()  # handshake failures by kind
+        self._failed_total = 0
+        self.accept_failed: Counter[str] = Counter()  # by errno name
+        self.admitted = 0
+        self.refused = 0
+        self.peak_open = 0
+        self.peak_admitted = 0
+        self._pending: deque[float] = deque()  # approvals not yet seen to succeed (monotonic)
+        # the gate: closed while any reason holds
+        self._full = False  # open connections reached the mark
+        self._after_failure = False  # an accept failed; closed until below the mark again
+        self._store_holds = 0  # exclusive() sections running
+        self._closed_since: float | None = None
+        # monotonic: until then new connections lose a filter they may have inherited
+        self._detach_until = 0.0
+        self.gate_closings: Counter[str] = Counter()  # by the reason that closed it
+        self.gate_closed_s = 0.0
+        self.filters_detached = 0
+        self.exclusive_waits = 0
+        self.exclusive_timeouts = 0
+        self._warn_refused = Throttled(log, interval_s=WARN_INTERVAL_S)
+        self._warn_gate = Throttled(log, interval_s=WARN_INTERVAL_S)
+        self._warn_accept = Throttled(log, logging.ERROR, interval_s=WARN_INTERVAL_S)
+
+    # -- setup -------------------------------------------------------------------------------
+
+    def serve(self, listener: Listener | None, fixed: int) -> None:
+        """Start gating `listener` (None: no gate); `fixed` descriptors are held by the process
+        besides connections (libzmq, Python, the store's reserve, the listener)."""
+        self.listener = listener
+        self.fixed = fixed
+        if listener is None:
+            return
+        self.close_at = self.limit - fixed - self.queue - GATE_GUARD
+        self._close_mark = self.close_at
+        self._open_mark = self.close_at - GATE_HYSTERESIS
+        if self.close_at <= self.max_connections:
+            log.warning(
+                "the connection gate closes at %d open connections, not above the budget of %d: "
+                "%d descriptors are held besides connections (soft RLIMIT_NOFILE %d); raise the "
+                "limit or lower --max-open-files or --backlog",
+                self.close_at,
+                self.max_connections,
+                fixed,
+                self.limit,
+            )
+
+    # -- counting (the gatekeeper's thread) ----------------------------------------------------
+
+    @property
+    def open_connections(self) -> int:
+        """Connection descriptors open now (accepted, not yet closed)."""
+        return self.accepted - self.disconnected
+
+    def _admitted_estimate(self) -> int:
+        """Admitted connections still open, approvals not yet succeeded included."""
+        return self.succeeded - (self.disconnected - self._failed_total) + len(self._pending)
+
+    def on_event(self, event: int, value: int) -> None:
+        """Count one socket-monitor event (`value`: the descriptor, for accepts and
+        disconnects) and move the gate."""
+        if event == _ACCEPTED:
+            self.accepted += 1
+            open_now = self.accepted - self.disconnected
+            self.peak_open = max(self.peak_open, open_now)
+            if self._detach_until and time.monotonic() < self._detach_until:  # closed lately
+                _detach_filter(value)
+                self.filters_detached += 1
+            if open_now >= self._close_mark and not self._full:
+                self._full = True
+                self._regate()
+        elif event == _DISCONNECTED:
+            self.disconnected += 1
+            if (
+                self._full or self._after_failure
+            ) and self.accepted - self.disconnected < self._open_mark:
+                self._full = self._after_failure = False
+                self._regate()
+        elif event == _SUCCEEDED:
+            self.succeeded += 1
+            if self._pending:
+                self._pending.popleft()
+        elif event == _ACCEPT_FAILED:
+            name = errno.errorcode.get(value, str(value))
+            self.accept_failed[name] += 1
+            self._warn_accept(
+                "accept failed with %s (soft RLIMIT_NOFILE %d, %d connections open)",
+                name,
+                self.limit,
+                self.open_connections,
+            )
+            if not self._after_failure:
+                self._after_failure = True
+                self._regate()
+        else:
+            kind = _FAILED_NAMES.get(event)
+            if kind is not None:
+                self.failed[kind] += 1
+                self._failed_total += 1
+
+    def admit(self) -> bool:
+        """Whether one more connection fits the budget (asked for every handshake); an
+        admitted one counts at once, before its handshake succeeds."""
+        now = time.monotonic()
+        pending = self._pending
+        horizon = now - PENDING_TTL_S
+        while pending and pending[0] < horizon:
+            pending.popleft()
+        admitted = self._admitted_estimate()
+        if admitted < self.max_connections:
+            pending.append(now)
+            self.admitted += 1
+            self.peak_admitted = max(self.peak_admitted, admitted + 1)
+            return True
+        self.refused += 1
+        self._warn_refused(
+            "descriptor limit: %d connections admitted, the budget for soft RLIMIT_NOFILE %d: "
+            "refusing new connections at the handshake (%d refused so far)",
+            admitted,
+            self.limit,
+            self.refused,
+        )
+        return False
+
+    # -- the gate ----------------------------------------------------------------------------
+
+    def _regate(self) -> None:
+        with self._lock:
+            self._apply()
+
+    def _apply(self) -> None:
+        """Close or open the gate as its reasons say. Caller holds _lock."""
+        listener = self.listener
+        if listener is None:
+            return
+        if self._full:
+            reason = "full"
+        elif self._after_failure:
+            reason = "accept_failed"
+        elif self._store_holds:
+            reason = "store"
+        else:
+            reason = None
+        if reason is not None and not listener.gated:
+            listener.close_gate()
+            self._closed_since = time.monotonic()
+            self._detach_until = float("inf")
+            self.gate_closings[reason] += 1
+            if reason != "store":
+                self._warn_gate(
+                    "connection gate closed (%s): %d connections open, %d admitted; new "
+                    "connections wait until fewer are open (closed %d times so far)",
+                    reason,
+                    self.open_connections,
+                    self._admitted_estimate(),
+                    sum(self.gate_closings.values()),
+                )
+        elif reason is None and listener.gated:
+            listener.open_gate()
+            now = time.monotonic()
+            self._detach_until = now + DETACH_WINDOW_S
+            if self._closed_since is not None:
+                self.gate_closed_s += now - self._closed_since
+                self._closed_since = None
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """A section in which accept() does not run: the gate is closed and the listen queue
+        empty (waited for, up to EXCLUSIVE_TIMEOUT_S). Without a gate it guarantees nothing."""
+        listener = self.listener
+        if listener is None:
+            yield
+            return
+        with self._lock:
+            self._store_holds += 1
+            self.exclusive_waits += 1
+            self._apply()
+        try:
+            if not self._wait_drained(listener):
+                self.exclusive_timeouts += 1
+            yield
+        finally:
+            with self._lock:
+                self._store_holds -= 1
+                self._apply()
+
+    @staticmethod
+    def _wait_drained(listener: Listener) -> bool:
+        """Wait until the listen queue has been empty for EXCLUSIVE_QUIET_S."""
+        deadline = time.monotonic() + EXCLUSIVE_TIMEOUT_S
+        empty_since: float | None = None
+        while True:
+            now = time.monotonic()
+            if listener.queued() == 0:
+                if empty_since is None:
+                    empty_since = now
+                elif now - empty_since >= EXCLUSIVE_QUIET_S:
+                    return True
+            else:
+                empty_since = None
+            if now >= deadline:
+                return False
+            time.sleep(EXCLUSIVE_QUIET_S / 4)
+
+    # -- reporting ---------------------------------------------------------------------------
+
+    def flush_logs(self) -> None:
+        """Log what the rate-limited warnings still hold (at stop)."""
+        for warning in (self._warn_refused, self._warn_gate, self._warn_accept):
+            warning.flush()
+
+    def stats(self) -> dict[str, Any]:
+        """The `connections` section of the server's stats."""
+        with self._lock:
+            closed_s = self.gate_closed_s
+            if self._closed_since is not None:
+                closed_s += time.monotonic() - self._closed_since
+            return {
+                "peak": self.peak_open,
+                "accepted": self.accepted,
+                "disconnected": self.disconnected,
+                "accept_failed": dict(self.accept_failed),
+                "admitted": self.admitted,
+                "peak_admitted": self.peak_admitted,
+                "refused": self.refused,
+                "max_connections": self.max_connections,
+                "handshake_failed": self._failed_total,
+                "handshake_failed_by_kind": dict(self.failed),
+                "limit": self.limit,
+                "gate": {
+                    "enabled": self.listener is not None,
+                    "close_at": self.close_at,
+                    "fixed_descriptors": self.fixed,
+                    "closings": dict(self.gate_closings),
+                    "closed_s": closed_s,
+                    "filters_detached": self.filters_detached,
+                    "exclusive_waits": self.exclusive_waits,
+                    "exclusive_timeouts": self.exclusive_timeouts,
+                },
+            }
