@@ -36,7 +36,6 @@ import os
 import random
 import re
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,6 +58,10 @@ from msgprof.experiment.lifecycle import (
 )
 from msgprof.experiment.verify import STORED_STATUSES, verify_queues
 from msgprof.store.reader import QueueReader
+
+# The report module sits beside this script, which is also loaded by file path (the tests).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from crash_report import buffer_summary, buffer_table, failures, summary_table
 
 MODES = ("write", "fsync", "buffer")
 #: Bounds on every wait, in seconds.
@@ -342,9 +345,70 @@ def _sleep_while(condition, seconds: float) -> bool:
     return condition()
 
 
+def _await_kill_moment(settings: Settings, clients: ClientRun, data_dir: Path, endpoint: str,
+                       ids: tuple[int, int], rng: random.Random) -> tuple[int, int]:  # fmt: skip
+    """Wait until the server stores the clients' messages, then a random moment more; a client
+    process that ends meanwhile is followed by a new one (not in buffer mode). Returns the ids
+    of the clients now running."""
+    for _attempt in range(3):  # a client process that ends meanwhile is followed
+        if wait_for_traffic(data_dir, clients.running) and _sleep_while(
+            clients.running, rng.uniform(*settings.kill_after)
+        ):
+            break
+        if settings.mode == "buffer":
+            break
+        ids = clients.start(endpoint)
+    return ids
+
+
+def _kill_and_restart(server: CrashServer, clients: ClientRun, ids: tuple[int, int]) -> Kill:
+    """SIGKILL the server, start it again on the same endpoint; the cycle as a Kill."""
+    under_load = clients.running()
+    t_ready = server.t_ready_ns
+    t_kill = server.kill()
+    t0 = time.monotonic()
+    server.start()
+    return Kill(t_kill, t_ready, under_load, restart_s=time.monotonic() - t0,
+                recovery_findings=server.recovery_findings(), ids=ids)  # fmt: skip
+
+
+def _run_cycles(settings: Settings, server: CrashServer, clients: ClientRun, data_dir: Path,
+                result: ModeResult, progress) -> None:  # fmt: skip
+    """Start the server and kill/restart it `settings.cycles` times under the clients' load."""
+    rng = random.Random(f"{settings.seed}-{settings.mode}")
+    per_cycle_clients = settings.mode == "buffer"
+    endpoint = server.start()
+    for cycle in range(settings.cycles):
+        if per_cycle_clients or not clients.running():
+            ids = clients.start(endpoint)
+        ids = _await_kill_moment(settings, clients, data_dir, endpoint, ids, rng)
+        kill = _kill_and_restart(server, clients, ids)
+        result.kills.append(kill)
+        if per_cycle_clients:  # a client that lost data stops at once, the others run on
+            _sleep_while(clients.running, settings.run_on_s)
+            clients.stop(result.problems)
+        progress(f"{settings.mode}: cycle {cycle + 1}/{settings.cycles} killed "
+                 f"{'under load' if kill.under_load else 'IDLE'}, restarted in "
+                 f"{kill.restart_s * 1e3:.0f} ms, {kill.recovery_findings} recovery findings")  # fmt: skip
+
+
+def _measure_kills(kills: list[Kill], data_dir: Path, rtt: pa.Table, per_kill_loss: bool) -> None:
+    """Fill in each kill's acknowledgements in its server's life and, with `per_kill_loss`
+    (buffer mode: one client process per kill), what it lost and the rate before it."""
+    _stored, at = _acked_at(rtt)
+    for kill in kills:
+        inside = pc.and_(pc.greater_equal(at, kill.t_ready_ns), pc.less_equal(at, kill.t_kill_ns))
+        kill.acks_in_life = pc.sum(inside.cast(pa.int64())).as_py() or 0
+    if per_kill_loss:
+        for kill in kills:
+            ages = lost_ages_ms(data_dir, rtt, kill.ids, kill.t_kill_ns)
+            kill.lost = len(ages)
+            kill.rate_per_s = rate_before(rtt, kill.ids, kill.t_kill_ns)
+            kill.oldest_lost_ms = max(ages) if ages else None
+
+
 def run_mode(settings: Settings, root: Path, progress=print) -> ModeResult:
     """All cycles of one mode in `root` (a fresh directory); every child is stopped on return."""
-    rng = random.Random(f"{settings.seed}-{settings.mode}")
     result = ModeResult(settings)
     work = root / settings.mode
     work.mkdir(parents=True)
@@ -352,35 +416,9 @@ def run_mode(settings: Settings, root: Path, progress=print) -> ModeResult:
     procs = ChildProcesses()
     server = CrashServer(settings, data_dir, work, procs)
     clients = ClientRun(settings, work, procs)
-    per_cycle_clients = settings.mode == "buffer"
     started = time.monotonic()
     try:
-        endpoint = server.start()
-        for cycle in range(settings.cycles):
-            if per_cycle_clients or not clients.running():
-                ids = clients.start(endpoint)
-            for _attempt in range(3):  # a client process that ends meanwhile is followed
-                if wait_for_traffic(data_dir, clients.running) and _sleep_while(
-                    clients.running, rng.uniform(*settings.kill_after)
-                ):
-                    break
-                if per_cycle_clients:
-                    break
-                ids = clients.start(endpoint)
-            under_load = clients.running()
-            t_ready = server.t_ready_ns
-            t_kill = server.kill()
-            t0 = time.monotonic()
-            server.start()
-            kill = Kill(t_kill, t_ready, under_load, restart_s=time.monotonic() - t0,
-                        recovery_findings=server.recovery_findings(), ids=ids)  # fmt: skip
-            result.kills.append(kill)
-            if per_cycle_clients:  # a client that lost data stops at once, the others run on
-                _sleep_while(clients.running, settings.run_on_s)
-                clients.stop(result.problems)
-            progress(f"{settings.mode}: cycle {cycle + 1}/{settings.cycles} killed "
-                     f"{'under load' if under_load else 'IDLE'}, restarted in "
-                     f"{kill.restart_s * 1e3:.0f} ms, {kill.recovery_findings} recovery findings")  # fmt: skip
+        _run_cycles(settings, server, clients, data_dir, result, progress)
         _sleep_while(clients.running, settings.run_on_s)
         clients.stop(result.problems)
         server.stop(result.problems)
@@ -391,113 +429,8 @@ def run_mode(settings: Settings, root: Path, progress=print) -> ModeResult:
     result.client_docs = clients.docs()
     result.check = verify_queues(data_dir, rtt, settings.payload_bytes)
     if rtt is not None:
-        _stored, at = _acked_at(rtt)
-        for kill in result.kills:
-            inside = pc.and_(
-                pc.greater_equal(at, kill.t_ready_ns), pc.less_equal(at, kill.t_kill_ns)
-            )
-            kill.acks_in_life = pc.sum(inside.cast(pa.int64())).as_py() or 0
-    if per_cycle_clients and rtt is not None:
-        for kill in result.kills:
-            ages = lost_ages_ms(data_dir, rtt, kill.ids, kill.t_kill_ns)
-            kill.lost = len(ages)
-            kill.rate_per_s = rate_before(rtt, kill.ids, kill.t_kill_ns)
-            kill.oldest_lost_ms = max(ages) if ages else None
+        _measure_kills(result.kills, data_dir, rtt, per_kill_loss=settings.mode == "buffer")
     return result
-
-
-def failures(result: ModeResult) -> list[str]:
-    """What makes a mode's run fail: the guarantees of docs/reliability.md."""
-    out = list(result.problems)
-    check = result.check
-    if result.settings.mode != "buffer" and check.get("lost"):
-        out.append(f"{check['lost']} acknowledged messages lost")
-    if check.get("duplicates_stored"):
-        out.append(f"{check['duplicates_stored']} records stored twice")
-    if check.get("corrupt"):
-        out.append(f"{check['corrupt']} corrupt records")
-    # The SIGTERM that ends the clients leaves at most one message per client in flight.
-    errors = result.errors()
-    errors.pop("not_sent", None)
-    clients = result.settings.clients * len(result.client_docs)
-    if errors.get("TIMEOUT", 0) <= clients:
-        errors.pop("TIMEOUT", None)
-    if result.settings.mode != "buffer" and errors:
-        out.append(f"client errors {errors}")
-    return out
-
-
-def _table(header: list[str], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
-    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(header)]
-    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    return "\n".join(fmt.format(*r) for r in [header, *rows])
-
-
-def _min_median(values: list[int]) -> tuple[int, int]:
-    return (min(values), int(statistics.median(values))) if values else (0, 0)
-
-
-def summary_table(results: list[ModeResult], markdown: bool) -> str:
-    header = ["ack_after", "kills", "under load", "acks per life min/median", "acked", "lost", "dup stored", "corrupt",
-              "stored unacked", "resends", "DUPLICATE acks", "recovery findings",
-              "restart median ms", "wall s"]  # fmt: skip
-    rows = []
-    for r in results:
-        check = r.check
-        rows.append([
-            r.settings.mode,
-            str(len(r.kills)),
-            str(sum(k.under_load and k.acks_in_life > 0 for k in r.kills)),
-            "/".join(str(v) for v in _min_median([k.acks_in_life for k in r.kills])),
-            str(r.total("acked") + r.total("duplicates")),
-            str(check.get("lost", "?")),
-            str(check.get("duplicates_stored", "?")),
-            str(check.get("corrupt", "?")),
-            str(check.get("stored_unacked", "?")),
-            str(r.total("resends")),
-            str(r.total("duplicates") + r.total("stale_replies")),
-            str(sum(k.recovery_findings for k in r.kills)),
-            f"{statistics.median(k.restart_s for k in r.kills) * 1e3:.0f}" if r.kills else "-",
-            f"{r.wall_s:.0f}",
-        ])  # fmt: skip
-    return _table(header, rows, markdown)
-
-
-def buffer_table(result: ModeResult, markdown: bool) -> str:
-    """Loss per kill in buffer mode against rate x flush interval."""
-    interval_s = result.settings.flush_interval_ms / 1e3
-    header = ["kill", "acks/s before", "rate x interval", "lost", "lost / (rate x interval)",
-              "lost / rate ms", "oldest lost sent ms before kill"]  # fmt: skip
-    rows = []
-    for n, k in enumerate(result.kills, 1):
-        bound = k.rate_per_s * interval_s
-        rows.append([
-            str(n), f"{k.rate_per_s:.0f}", f"{bound:.1f}", str(k.lost),
-            f"{k.lost / bound:.2f}" if bound else "-",
-            f"{k.lost / k.rate_per_s * 1e3:.1f}" if k.rate_per_s else "-",
-            f"{k.oldest_lost_ms:.1f}" if k.oldest_lost_ms is not None else "-",
-        ])  # fmt: skip
-    return _table(header, rows, markdown)
-
-
-def buffer_summary(result: ModeResult) -> dict[str, float]:
-    """Per-kill loss figures of a buffer run: mean, max, worst ratio to the bound, oldest age."""
-    interval_s = result.settings.flush_interval_ms / 1e3
-    lost = [k.lost for k in result.kills] or [0]
-    ratios = [k.lost / (k.rate_per_s * interval_s) for k in result.kills if k.rate_per_s > 0]
-    ages = [k.oldest_lost_ms for k in result.kills if k.oldest_lost_ms is not None]
-    return {
-        "lost_mean": statistics.mean(lost),
-        "lost_max": max(lost),
-        "ratio_mean": statistics.mean(ratios) if ratios else 0.0,
-        "ratio_max": max(ratios) if ratios else 0.0,
-        "oldest_lost_ms": max(ages) if ages else 0.0,
-        "flush_interval_ms": result.settings.flush_interval_ms,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

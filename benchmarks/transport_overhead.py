@@ -131,7 +131,7 @@ def _paired_ratio(rows: list[dict], base_rows: list[dict], key: str) -> float:
     return statistics.median(row[key] / base[key] for row, base in zip(rows, base_rows, strict=True))
 
 
-def main() -> int:
+def _parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve-echo", metavar="READY_FILE", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=5, help="rounds over all targets (median taken)")
@@ -140,11 +140,11 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1000, help="messages per client, throughput run")
     parser.add_argument("--processes", type=int, default=2, help="client processes, throughput run")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
-    args = parser.parse_args()
-    if args.serve_echo:
-        serve_echo(Path(args.serve_echo))
-        return 0
+    return parser.parse_args()
 
+
+def _run_rounds(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """Every target in every round (alternating order), each round's figures per target."""
     results: dict[str, list[dict]] = {t: [] for t in TARGETS}
     with tempfile.TemporaryDirectory(prefix="msgprof-bench-") as tmpdir:
         for round_no in range(args.rounds):
@@ -165,12 +165,22 @@ def main() -> int:
                     file=sys.stderr,
                     flush=True,
                 )
+    return results
+
+
+def _medians(results: dict[str, list[dict]]) -> tuple[dict[str, dict], float]:
+    """Per target the medians over rounds and the paired ratios to the baseline; and the
+    paired fsync/write throughput ratio."""
     table = {t: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for t, rows in results.items()}
     for t in TARGETS:
         table[t]["p50_ratio"] = _paired_ratio(results[t], results[BASELINE], "p50_us")
         table[t]["tput_ratio"] = _paired_ratio(results[t], results[BASELINE], "msgs_per_s")
     fsync_write = _paired_ratio(results["fsync"], results["write"], "msgs_per_s")
-    header = ("server", "RTT p50 µs", "RTT p99 µs", "p50 ratio", f"msg/s @{args.clients}", "tput ratio",
+    return table, fsync_write
+
+
+def _print_table(table: dict[str, dict], clients: int, markdown: bool) -> None:
+    header = ("server", "RTT p50 µs", "RTT p99 µs", "p50 ratio", f"msg/s @{clients}", "tput ratio",
               "server CPU µs/msg", "client CPU")  # fmt: skip
     lines = []
     for t in TARGETS:
@@ -178,7 +188,7 @@ def main() -> int:
         lines.append((t, f"{row['p50_us']:.1f}", f"{row['p99_us']:.1f}", f"{row['p50_ratio']:.2f}",
                       f"{row['msgs_per_s']:.0f}", f"{row['tput_ratio']:.2f}", f"{row['server_cpu_us']:.1f}",
                       f"{row['client_cpu']:.0%}"))  # fmt: skip
-    if args.markdown:
+    if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|")
         for line in lines:
@@ -187,6 +197,10 @@ def main() -> int:
         widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
         for line in (header, *lines):
             print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+
+
+def _print_checks(table: dict[str, dict], fsync_write: float, rounds: int) -> None:
+    """The targets of the module docstring, each met or MISSED."""
     write = table["write"]
     checks = [
         ("write/none RTT p50 ratio", write["p50_ratio"], "<=", 1.2),
@@ -194,12 +208,23 @@ def main() -> int:
         ("fsync/write throughput ratio", fsync_write, ">=", 0.5),
     ]
     print(
-        f"\nmedians of {args.rounds} rounds; each ratio is the median over rounds of the ratio to "
+        f"\nmedians of {rounds} rounds; each ratio is the median over rounds of the ratio to "
         f"'{BASELINE}' measured in the same round"
     )
     for text, value, op, target in checks:
         ok = value <= target if op == "<=" else value >= target
         print(f"{'met ' if ok else 'MISSED'}  {text} {value:.2f} {op} {target}")
+
+
+def main() -> int:
+    args = _parse_args()
+    if args.serve_echo:
+        serve_echo(Path(args.serve_echo))
+        return 0
+    results = _run_rounds(args)
+    table, fsync_write = _medians(results)
+    _print_table(table, args.clients, args.markdown)
+    _print_checks(table, fsync_write, args.rounds)
     return 0
 
 
