@@ -31,7 +31,7 @@ from msgprof.config import PointConfig
 from msgprof.experiment.point import run_point
 from msgprof.experiment.verify import verify_queues
 from msgprof.ratelog import Throttled
-from msgprof.server.admission import Listener, listen
+from msgprof.server.listener import Listener, listen
 
 STORM = {"rlimit_nofile": 300, "max_open_files": 32, "backlog": 64}
 BUDGET = 300 - 32 - 64 - 64  # the server's arithmetic (docs/performance.md)

@@ -18,12 +18,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np  # loaded at start: a stats snapshot in a storm must not need descriptors
 import zmq
 
 from msgprof import atomic, limits
 from msgprof.config import ServerConfig
 from msgprof.ratelog import Throttled
-from msgprof.server.admission import MONITOR_EVENTS, Admission, Listener, listen
+from msgprof.server.admission import MONITOR_EVENTS, Admission
+from msgprof.server.listener import Listener, listen
+from msgprof.stats import quantiles
 from msgprof.store.descriptors import DescriptorReserve, store_descriptors
 from msgprof.store.errors import StorageFull, StoreError
 from msgprof.store.queue import QueueStore
@@ -46,7 +49,6 @@ MONITOR_HWM = 100_000
 MAX_SERVICE_SAMPLES = 20_000_000
 
 _STATUS_NAMES = {int(s): s.name for s in Status}
-
 
 
 def store_status(err: StoreError) -> Status:
@@ -213,8 +215,6 @@ class Server:
         self.router.zap_domain = b"msgprof"
         self.listener: Listener | None = listen(self.router, config.bind, config.backlog)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
-        import numpy  # noqa: F401 - loaded now: a snapshot in a storm must not need descriptors for it
-
         self.admission.serve(self.listener, limits.open_fds())
         self._log_listening()
         if config.ready_file is not None:
@@ -462,10 +462,6 @@ def _quantiles(samples: array.array) -> dict[str, int]:
     """Exact quantiles of raw samples (msgprof.stats), or {"count": 0} when there are none."""
     if not samples:
         return {"count": 0}
-    import numpy as np  # imported when the stats are written: the server starts without numpy
-
-    from msgprof.stats import quantiles
-
     values = np.frombuffer(samples, dtype=np.int64)
     found = quantiles(values, (0.5, 0.9, 0.99, 0.999, 1.0))
     names = ("p50", "p90", "p99", "p999", "max")
