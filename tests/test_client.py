@@ -16,13 +16,17 @@ import pytest
 import zmq
 
 import msgprof.load.client
-from msgprof.config import ClientConfig, format_client_ids, parse_client_ids
+from msgprof.client_ids import format_client_ids, parse_client_ids
+from msgprof.config import ClientConfig
 from msgprof.load.capacity import CapacityError, plan_capacity
 from msgprof.load.client import run_clients
 from msgprof.wire.payload import payload_for
 from msgprof.wire.protocol import HEADER, MAX_CLIENT_ID, Status, encode_ack
 
-RTT_COLUMNS = ["client_id", "seq", "payload_bytes", "rtt_ns", "status", "t_send_ns"]
+RTT_COLUMNS = [
+    "client_id", "seq", "payload_bytes", "rtt_ns", "status", "t_send_ns", "intended_ns",
+    "latency_ns", "lag_ns", "warmup", "window_full",
+]  # fmt: skip
 CLIENT_COLUMNS = [
     "client_id", "connected", "connect_ns", "first_ack_ns", "sent", "acked", "duplicates",
     "errors", "timeouts", "rtt_median_ns", "rtt_p90_ns", "rtt_p99_ns", "rtt_max_ns",
@@ -117,12 +121,13 @@ def test_echo_outputs(tmp_path: Path) -> None:
     rtt, clients, summary = _read(tmp_path)
     assert result == summary
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "client.json", "clients.parquet", "rtt.parquet"
+        "client.json", "clients.parquet", "latency.hlog", "rtt.parquet"
     ]  # fmt: skip
     schema = pq.read_schema(tmp_path / "rtt.parquet")
     assert schema.names == RTT_COLUMNS
     assert [str(schema.field(c).type) for c in RTT_COLUMNS] == [
-        "uint32", "uint64", "uint32", "int64", "string", "int64"
+        "uint32", "uint64", "uint32", "int64", "string", "int64", "int64", "int64", "int64",
+        "bool", "bool",
     ]  # fmt: skip
     assert list(clients.columns) == CLIENT_COLUMNS
     assert len(rtt) == 60

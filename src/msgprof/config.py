@@ -17,17 +17,18 @@ server) and LoadOptions (what a point passes on to its client processes).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from msgprof.client_ids import client_id_list, format_client_ids, parse_client_ids
 from msgprof.setting import (
     Checked,
     Setting,
     choice,
     flag,
+    non_negative_float,
     non_negative_int,
     path,
     positive_float,
@@ -37,84 +38,24 @@ from msgprof.setting import (
     settings_of,
     switch,
 )
-from msgprof.wire.protocol import MAX_CLIENT_ID
 
 ACK_MODES = ("buffer", "write", "fsync")
 SYNC_METHODS = ("auto", "fdatasync", "syncfs")
 STORE_KINDS = ("file", "none")
 START_MODES = ("on_connect", "all_connected")
+#: How a paced client spaces its sends (msgprof.load.pacing).
+ARRIVALS = ("uniform", "poisson")
 EVENT_LOOPS = ("auto", "epoll", "poller")
 #: Where a point's client processes run (msgprof.experiment.launch).
 LAUNCHERS = ("local", "srun")
 
-#: At most this many ids in one process (a typo such as "1-2000000000" fails early).
-MAX_IDS_PER_PROCESS = 1_000_000
-_ID_PART = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
-
-
-# --- checks and the form of client ids -------------------------------------------------------
+# --- checks -------------------------------------------------------------------------------
 
 
 def zmq_endpoint(value: str) -> str | None:
     if value.startswith(("tcp://", "ipc://", "inproc://")):
         return None
     return f"must be a ZeroMQ endpoint like tcp://127.0.0.1:0, not {value!r}"
-
-
-def client_id_list(ids: Sequence[int]) -> str | None:
-    if not ids:
-        return "must name at least one client"
-    bad = [i for i in ids if not 1 <= i <= MAX_CLIENT_ID]
-    if bad:
-        return f"must be client ids 1..{MAX_CLIENT_ID}, got {bad[0]}"
-    if len(set(ids)) != len(ids):
-        return "must be unique client ids"
-    return None
-
-
-def parse_client_ids(text: str) -> list[int]:
-    """Parse ``"5"``, ``"1-100"`` or ``"1,2,7-9"`` into ids, in the order given.
-
-    Raises ValueError for anything else: an empty list, 0, a reversed range, an id above
-    2**31-1, an id given twice (also through overlapping ranges), or more than
-    MAX_IDS_PER_PROCESS ids.
-    """
-    if not text.strip():
-        raise ValueError("empty client id list")
-    ids: list[int] = []
-    seen: set[int] = set()
-    for part in text.split(","):
-        m = _ID_PART.fullmatch(part)
-        if m is None:
-            raise ValueError(f"bad client id {part.strip()!r} in {text!r}: expected N or A-B")
-        lo = int(m[1])
-        hi = int(m[2]) if m[2] is not None else lo
-        if lo < 1 or hi > MAX_CLIENT_ID:
-            raise ValueError(f"client ids must be 1..{MAX_CLIENT_ID}: {part.strip()!r}")
-        if hi < lo:
-            raise ValueError(f"reversed range {part.strip()!r}: write {hi}-{lo}")
-        if len(ids) + hi - lo + 1 > MAX_IDS_PER_PROCESS:
-            raise ValueError(f"more than {MAX_IDS_PER_PROCESS} client ids in {text!r}")
-        new = range(lo, hi + 1)
-        if not seen.isdisjoint(new):
-            dup = next(i for i in new if i in seen)
-            raise ValueError(f"client id {dup} given twice in {text!r}")
-        seen.update(new)
-        ids.extend(new)
-    return ids
-
-
-def format_client_ids(ids: Sequence[int]) -> str:
-    """The compact form parse_client_ids reads: runs of consecutive ids become ``A-B``."""
-    parts: list[str] = []
-    i = 0
-    while i < len(ids):
-        j = i
-        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
-            j += 1
-        parts.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
-        i = j + 1
-    return ",".join(parts)
 
 
 # --- the models --------------------------------------------------------------------------------
@@ -255,6 +196,67 @@ class LoadOptions(Checked):
         "client of a process connects first, then all send together, so all are active at "
         "once and setup is timed without message traffic. Default: %(default)s",
     )
+    #: Open loop (msgprof.load.pacing): each client sends on a schedule of `rate` messages a
+    #: second and latency runs from each message's intended send time. None: the closed loop.
+    rate: float | None = positive_float(
+        None,
+        metavar="R",
+        help="pace each client at R messages per second (an open loop: latency is measured "
+        "from each message's intended send time, so a stall costs every message it delays). "
+        "Default: a closed loop, one message in flight, the next sent when the reply is read",
+    )
+    arrivals: str = choice(
+        "uniform",
+        ARRIVALS,
+        help="with --rate: uniform (every 1/R s, from a random phase per client) or poisson "
+        "(exponential gaps of mean 1/R s). Default: %(default)s",
+    )
+    duration_s: float | None = positive_float(
+        None,
+        unit="s",
+        help="with --rate, instead of --messages: each client sends for this many seconds "
+        "from its first scheduled send",
+    )
+    max_in_flight: int = positive_int(
+        1,
+        help="with --rate: most messages a client has awaiting their replies; a scheduled "
+        "send that finds the window full goes out when a reply frees it, and its latency "
+        "still counts from the scheduled time. Default: %(default)s",
+    )
+    warmup_s: float = non_negative_float(
+        0.0,
+        unit="s",
+        help="messages scheduled in the first W seconds of each client's load are kept in "
+        "rtt.parquet (column warmup) and left out of every summary. Default: %(default)s",
+    )
+
+    def pacing_problem(self, messages: int | None) -> str | None:
+        """What is wrong with the load's length and pacing settings together, or None."""
+        if self.rate is None:
+            for name, unset in (("duration_s", None), ("arrivals", "uniform"),
+                                ("max_in_flight", 1)):  # fmt: skip
+                if getattr(self, name) != unset:
+                    return (f"{flag(name)} needs --rate (a closed loop keeps one message in "
+                            "flight and is counted in --messages)")  # fmt: skip
+            if messages is None:
+                return "--messages is required"
+            return None
+        if messages is not None and self.duration_s is not None:
+            return "give --messages or --duration-s, not both"
+        if messages is None and self.duration_s is None:
+            return "--rate needs --messages or --duration-s (how long each client sends)"
+        if messages == 0:
+            return "--rate needs at least one message (--messages 0 only connects)"
+        if self.duration_s is not None and self.warmup_s >= self.duration_s:
+            return f"--warmup-s {self.warmup_s:g} must be shorter than --duration-s"
+        return None
+
+    def messages_per_client(self, messages: int | None) -> float:
+        """Messages each client is to send: `messages`, or rate × duration when timed (the
+        expected count; a Poisson schedule varies around it)."""
+        if messages is not None:
+            return messages
+        return (self.rate or 0.0) * (self.duration_s or 0.0)
 
 
 @dataclass(frozen=True)
@@ -269,8 +271,10 @@ class ClientConfig(LoadOptions):
         check=client_id_list,
         help="client ids this process plays: a range 1-100, a list 1,5,9 or a mix 1-10,20",
     )
-    #: Messages per client (0: connect only, to measure setup time).
-    messages: int = non_negative_int(help="messages per client")
+    #: Messages per client (0: connect only, to measure setup time); None with --duration-s.
+    messages: int | None = non_negative_int(
+        None, help="messages per client (0: connect only, to time setup)"
+    )
     #: At most this many clients connecting (holding a socket monitor) at once. Measured with
     #: 5000 clients: the time to connect all is the same for 16..1024, but each client's
     #: connect_ns grows with the window (queueing behind its own siblings), so keep it small.
@@ -314,6 +318,11 @@ class ClientConfig(LoadOptions):
         super().__post_init__()
         if (self.curve_secret is None) != (self.curve_server_key is None):
             raise ValueError("CURVE needs both --curve-secret and --curve-server-key")
+        problem = self.pacing_problem(self.messages)
+        if problem is None and self.rate is not None and self.resend:
+            problem = "--resend is for closed-loop crash runs; it does not go with --rate"
+        if problem is not None:
+            raise ValueError(problem)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -323,7 +332,9 @@ class PointConfig(LoadOptions, ServerOptions):
     workflow's config sets the same fields (workflow/schemas/config.schema.yaml)."""
 
     clients: int = positive_int(help="number of clients")
-    messages: int = positive_int(help="messages per client")
+    messages: int | None = positive_int(
+        None, help="messages per client (with --rate, or --duration-s instead)"
+    )
     first_client_id: int = positive_int(
         1, help="id of the first client; the others follow. Default: %(default)s"
     )
@@ -372,6 +383,21 @@ class PointConfig(LoadOptions, ServerOptions):
     #: Where a CURVE run's keys are: set by the run (msgprof.experiment.lifecycle), not by a user.
     keys_dir: Path | None = None
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        problem = self.pacing_problem(self.messages)
+        if problem is not None:
+            raise ValueError(problem)
+
+    @property
+    def paced(self) -> bool:
+        return self.rate is not None
+
+    @property
+    def offered_msgs_per_s(self) -> float | None:
+        """The aggregate rate a paced point offers the server (None: a closed loop)."""
+        return None if self.rate is None else self.rate * self.clients
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunArguments:
@@ -404,8 +430,9 @@ def _names(model: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(model))
 
 
+_PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
 _RUN_OPTIONS = (
-    "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s", "data_dir",
+    *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s", "data_dir",
     "start", "keep_queues", "strict", "curve", "out", "launcher", "bind", *_names(ServerOptions),
 )  # fmt: skip
 _SERVER = (
@@ -419,7 +446,9 @@ _CLIENT = (
 COMMANDS = {
     "server": Command(ServerConfig, _SERVER),
     "client": Command(ClientConfig, _CLIENT),
-    "point": Command(PointConfig, ("clients", "messages", "first_client_id", *_RUN_OPTIONS)),
+    "point": Command(
+        PointConfig, ("clients", "messages", "duration_s", "first_client_id", *_RUN_OPTIONS)
+    ),
     "master": Command(PointConfig, ("steps", *_RUN_OPTIONS)),
 }
 

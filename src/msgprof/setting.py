@@ -70,7 +70,11 @@ def non_negative_int(default: int | Any = MISSING, **how: Any) -> Any:
     return setting(default, parse=int, check=not_negative, **how)
 
 
-def positive_float(default: float, **how: Any) -> Any:
+def non_negative_float(default: float, **how: Any) -> Any:
+    return setting(default, parse=float, check=not_negative, **how)
+
+
+def positive_float(default: float | None, **how: Any) -> Any:
     return setting(default, parse=float, check=positive, **how)
 
 

@@ -19,13 +19,46 @@ validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 RUN = config["run"]
 RESULTS = f"results/{RUN}"
 SWEEP = config["sweep"]
-POINTS = [
-    f"{clients}-{messages}-{rep}{'-curve' if curve else ''}"
-    for clients in SWEEP["clients"]
-    for messages in SWEEP["messages"]
-    for rep in range(1, SWEEP["repetitions"] + 1)
-    for curve in SWEEP["curve"]
-]
+PACED = config["paced"]
+
+
+def number(value):
+    """A rate or a duration as a point's name spells it: 50, 2.5."""
+    return f"{value:g}"
+
+
+def sweep_points():
+    """Names of the sweep's points: closed-loop CLIENTS-MESSAGES-REP (as ever), paced
+    CLIENTS-MESSAGES-rRATE-REP, or CLIENTS-DURATIONs-rRATE-REP when the sweep is timed; then the
+    paced grid's timed points. A -curve suffix marks a point run with CURVE."""
+    names = []
+    for clients in SWEEP["clients"]:
+        for messages in SWEEP["messages"]:
+            for rate in SWEEP["rate"]:
+                if rate is None:
+                    length = f"{messages}"
+                elif SWEEP["duration_s"] is not None:
+                    length = f"{number(SWEEP['duration_s'])}s"
+                else:
+                    length = f"{messages}"
+                pace = "" if rate is None else f"-r{number(rate)}"
+                names += [
+                    f"{clients}-{length}{pace}-{rep}{'-curve' if curve else ''}"
+                    for rep in range(1, SWEEP["repetitions"] + 1)
+                    for curve in SWEEP["curve"]
+                ]
+    for clients in PACED["clients"]:
+        for rate in PACED["rate"]:
+            names += [
+                f"{clients}-{number(PACED['duration_s'])}s-r{number(rate)}-{rep}"
+                for rep in range(1, PACED["repetitions"] + 1)
+            ]
+    return list(
+        dict.fromkeys(names)
+    )  # a timed sweep names a point once for all messages
+
+
+POINTS = sweep_points()
 
 
 wildcard_constraints:
@@ -33,6 +66,8 @@ wildcard_constraints:
     messages=r"[1-9][0-9]*",
     rep=r"[1-9][0-9]*",
     security=r"(-curve)?",
+    length=r"[1-9][0-9]*|[0-9]+(\.[0-9]+)?s",
+    rate=r"[0-9]+(\.[0-9]+)?",
 
 
 def run_config(**fields):
@@ -48,8 +83,24 @@ def run_config(**fields):
     )
 
 
+def pacing(rate, length):
+    """The point model's fields of a paced point: its rate, its length (messages, or seconds
+    when `length` ends in s) and the paced section's settings."""
+    fields = {
+        "rate": float(rate),
+        "warmup_s": PACED["warmup_s"],
+        "arrivals": PACED["arrivals"],
+        "max_in_flight": PACED["max_in_flight"],
+    }
+    if length.endswith("s"):
+        return fields | {"duration_s": float(length[:-1])}
+    return fields | {"messages": int(length)}
+
+
 # A setting the point model refuses fails now, naming its flag.
 run_config(clients=1, messages=1)
+for _rate in [r for r in SWEEP["rate"] if r is not None] + PACED["rate"]:
+    run_config(clients=1, **pacing(_rate, f"{number(PACED['duration_s'])}s"))
 
 
 def point_command(wildcards, output):
@@ -58,6 +109,17 @@ def point_command(wildcards, output):
         clients=int(wildcards.clients),
         messages=int(wildcards.messages),
         curve=bool(wildcards.security),
+    )
+    out = Path(output[0]).parent
+    return shlex.join(["msgprof", *command_argv("point", point, out=out)])
+
+
+def paced_point_command(wildcards, output):
+    """`msgprof point` of one paced point."""
+    point = run_config(
+        clients=int(wildcards.clients),
+        curve=bool(wildcards.security),
+        **pacing(wildcards.rate, wildcards.length),
     )
     out = Path(output[0]).parent
     return shlex.join(["msgprof", *command_argv("point", point, out=out)])

@@ -15,3 +15,19 @@ rule point:
         command=point_command,
     shell:
         "{params.command} > {log} 2>&1"
+
+
+# A paced point (open loop): its name carries the rate, and the length in messages or seconds.
+rule paced_point:
+    output:
+        f"{RESULTS}/points/{{clients}}-{{length}}-r{{rate}}-{{rep}}{{security}}/point.json",
+    log:
+        f"{RESULTS}/logs/points/{{clients}}-{{length}}-r{{rate}}-{{rep}}{{security}}.log",
+    conda:
+        "../envs/msgprof.yaml"
+    resources:
+        point_slot=1,
+    params:
+        command=paced_point_command,
+    shell:
+        "{params.command} > {log} 2>&1"

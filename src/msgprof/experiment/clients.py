@@ -16,9 +16,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from msgprof import histlog
 from msgprof.config import ClientConfig, LoadOptions, PointConfig, command_argv, shared
 from msgprof.experiment import launch
 from msgprof.experiment.lifecycle import ChildProcesses, msgprof_argv, read_json
+from msgprof.experiment.offered import merge_logs
 
 #: Seconds client processes get beyond their own deadline before they are stopped.
 CLIENT_GRACE_S = 30.0
@@ -96,6 +98,8 @@ class Load:
     docs: list[dict[str, Any]]
     rtt: pa.Table | None
     clients: pa.Table | None
+    #: The processes' latency interval logs, merged (msgprof.experiment.offered).
+    histograms: list[histlog.Interval]
 
 
 def run_load(
@@ -112,4 +116,5 @@ def run_load(
         docs=read_client_docs(work, started),
         rtt=_concat_parquet(sorted(work.glob("client-*/rtt.parquet"))),
         clients=_concat_parquet(sorted(work.glob("client-*/clients.parquet"))),
+        histograms=merge_logs(sorted(work.glob("client-*/latency.hlog"))),
     )

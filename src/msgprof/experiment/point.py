@@ -26,7 +26,7 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     run = Run(config, out_dir)
     config = run.config
     timings: dict[str, float] = {}
-    load = Load([], None, None)
+    load = Load([], None, None, [])
     with run:
         t0 = time.monotonic()
         endpoint = run.server.start()
@@ -57,9 +57,9 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     )  # fmt: skip
     run.clean_up()
     log.info(
-        "point %d clients x %d messages: verdict %s, acked %d, lost %d",
+        "point %d clients x %s: verdict %s, acked %d, lost %d",
         config.clients,
-        config.messages,
+        f"{config.messages} messages" if config.messages else f"{config.duration_s:g} s",
         document["verdict"],
         document["acked"],
         document["lost"],

@@ -13,10 +13,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from msgprof import atomic
+from msgprof import atomic, histlog
 from msgprof.config import PointConfig
 from msgprof.experiment import launch
 from msgprof.experiment.clients import Load
+from msgprof.experiment.offered import generator_behind, offered_summary
 from msgprof.experiment.overload import descriptor_limit
 from msgprof.experiment.verdict import Counts, reasons, verdict
 from msgprof.stats import resource_summary
@@ -80,11 +81,25 @@ def throughput(
     }
 
 
-def _counts(client_docs: list[dict[str, Any]], check: dict[str, Any] | None) -> Counts:
+def planned(config: PointConfig, client_docs: list[dict[str, Any]]) -> int:
+    """Messages the point was to send: clients × messages, or on a timed schedule what the
+    processes' schedules held (the expected count for clients that never began theirs)."""
+    if config.messages is not None:
+        return config.clients * config.messages
+    counted = sum(doc.get("messages_planned") or 0 for doc in client_docs)
+    missing = config.clients - sum(doc.get("clients") or 0 for doc in client_docs)
+    return counted + round(missing * config.messages_per_client(None))
+
+
+def _counts(
+    config: PointConfig, client_docs: list[dict[str, Any]], check: dict[str, Any] | None
+) -> Counts:
     errors: Counter = Counter()
     for doc in client_docs:
         errors.update({kind: n for kind, n in doc.get("errors", {}).items() if n})
     return Counts(
+        planned=planned(config, client_docs),
+        generator_behind=generator_behind(client_docs) if config.paced else None,
         connected=sum(doc.get("connected", 0) for doc in client_docs),
         acked=sum(doc.get("acked", 0) for doc in client_docs),
         lost=check["lost"] if check else 0,
@@ -118,7 +133,7 @@ def summarise(
     check: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Build point.json: parameters, counts, errors by kind and a verdict naming the limit hit."""
-    counts = _counts(client_docs, check)
+    counts = _counts(config, client_docs, check)
     found = reasons(config, problems, server, counts)
     kind, detail = verdict(found)
     cpu = [doc.get("busiest_thread_utilization", 0.0) for doc in client_docs]
@@ -128,7 +143,7 @@ def summarise(
         "verdicts": [k for k, _text in found],
         "clients": config.clients,
         "messages": config.messages,
-        "planned": config.clients * config.messages,
+        "planned": counts.planned,
         "connected": counts.connected,
         "sent": sum(doc.get("sent", 0) for doc in client_docs),
         "acked": counts.acked,
@@ -171,6 +186,9 @@ def write_point(
         atomic.write_parquet(out_dir / "rtt.parquet", load.rtt)
     if load.clients is not None:
         atomic.write_parquet(out_dir / "clients.parquet", load.clients)
+    if load.histograms:
+        histlog.write_log(out_dir / "latency.hlog", load.histograms,
+                          [f"msgprof point {out_dir.name}: all client processes"])  # fmt: skip
     if server_stats:
         atomic.write_json(out_dir / "server.json", server_stats)
     if resources is not None:
@@ -182,6 +200,7 @@ def write_point(
         {f"throughput_{k}" if k != "msgs_per_s" else "throughput_msgs_per_s": v
          for k, v in rate.items()}
     )  # fmt: skip
+    document.update(offered_summary(config, load.rtt, load.docs, load.histograms))
     document["server"]["resources"] = resource_summary(resources)
     document["launcher"] = launcher
     document.update(extra or {})

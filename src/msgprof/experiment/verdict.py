@@ -19,6 +19,8 @@ OK_DETAIL = "all clients connected, every message acknowledged and stored once"
 class Counts:
     """What the clients and the verifier counted for one point or step."""
 
+    #: Messages the point was to send (msgprof.experiment.summary.planned).
+    planned: int
     connected: int
     acked: int
     lost: int
@@ -26,6 +28,8 @@ class Counts:
     corrupt: int
     #: Messages settled by anything but OK or DUPLICATE, by kind (TIMEOUT, ...).
     errors: dict[str, int]
+    #: A paced point whose generator fell behind its schedule: why (else None).
+    generator_behind: str | None = None
 
 
 def reasons(
@@ -36,7 +40,7 @@ def reasons(
     accept_failed = connections.get("accept_failed", {})
     refused = connections.get("refused", 0)
     replies = server.get("replies", {})
-    planned = config.clients * config.messages
+    planned = counts.planned
     found = []
     if "interrupted" in problems:
         found.append(
@@ -85,6 +89,8 @@ def reasons(
         )
     if "client_failed" in problems:
         found.append(("client_failed", "a client process exited with an error (see client-*.log)"))
+    if counts.generator_behind:
+        found.append(("generator_behind", counts.generator_behind))
     if counts.acked < planned and not found:
         found.append(("incomplete", f"{counts.acked} of {planned} messages acknowledged"))
     return found

@@ -22,6 +22,7 @@ from msgprof.config import ClientConfig
 from msgprof.load.capacity import plan_capacity
 from msgprof.load.loop import Loop, Stop
 from msgprof.load.outputs import write_outputs
+from msgprof.load.pacing import PacedLoop
 
 
 def run_clients(
@@ -58,7 +59,8 @@ def run_clients(
             keep_monitors=config.resend,
         )
         ctx.set(zmq.MAX_SOCKETS, capacity.max_sockets)  # before the first socket
-        loop = Loop(config, ctx, capacity, progress)
+        kind = Loop if config.rate is None else PacedLoop
+        loop = kind(config, ctx, capacity, progress)
         try:
             usage = _timed_run(loop, config.deadline_s, stop)
         finally:

@@ -124,8 +124,12 @@ class Loop:
         self.socket_retries = 0  # socket creation refused (EMFILE), tried again later
         self.starved_since = -1  # start of the current run of refusals
         # start="all_connected": first messages wait until every client has connected or failed.
-        self.held = config.start == "all_connected" and config.messages > 0
+        self.held = config.start == "all_connected" and config.messages != 0
         self.released_at = -1
+        #: Messages the run is to send in all (a paced loop on a timer counts its schedule).
+        self.planned = n * (config.messages or 0)
+        #: Wait with sub-millisecond precision (a paced loop's timers need it).
+        self.precise = False
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -173,11 +177,16 @@ class Loop:
         sock.connect(self.config.endpoint)
         self.t_connect[i] = t0
         self.conn_deadlines.append((t0 + self.connect_timeout_ns, i))
-        if self.config.messages and not self.held:
-            self.send(i)
+        self.on_started(i)
         self.on_monitor(i)
         self.on_dealer(i)
         return True
+
+    def on_started(self, i: int) -> None:
+        """Client `i` has just called connect(): the closed loop queues its first message now
+        (the DEALER sends it once the connection is up), unless all wait for each other."""
+        if self.config.messages and not self.held:
+            self.send(i)
 
     def on_monitor(self, i: int) -> None:
         mon = self.mons[i]
@@ -215,12 +224,16 @@ class Loop:
         self.linked[i] = True
         if not self.connected[i]:
             self.mark_connected(i)
-            if self.inflight[i] == 1:  # the queued first message: its clock starts now
-                self.arm(i, t)
-            elif self.last_seq[i] == 0 and self.config.messages and not self.held:
-                self.send(i)  # its first message died with an earlier connection
+            self.on_first_handshake(i, t)
         if self.config.messages == 0:
             self.finish(i, t)
+
+    def on_first_handshake(self, i: int, t: int) -> None:
+        """Client `i` is connected for the first time: the first message's reply clock starts."""
+        if self.inflight[i] == 1:  # the queued first message: its clock starts now
+            self.arm(i, t)
+        elif self.last_seq[i] == 0 and self.config.messages and not self.held:
+            self.send(i)  # its first message died with an earlier connection
 
     def reconnected(self, i: int, t: int) -> None:
         """Resend mode: a new connection is up; what was in flight may have died with the old."""
@@ -387,6 +400,11 @@ class Loop:
         self.n_done += 1
 
     def expire(self, now: int) -> None:
+        """Messages and connections whose time has run out by `now`."""
+        self.expire_messages(now)
+        self.expire_connects(now)
+
+    def expire_messages(self, now: int) -> None:
         msg = self.msg_deadlines
         while msg and msg[0][0] <= now:
             due, i, seq = msg.popleft()
@@ -398,6 +416,8 @@ class Loop:
                 self.resend(i, now)
             else:
                 self.arm(i, now)  # connection down: the reconnect resends
+
+    def expire_connects(self, now: int) -> None:
         conn = self.conn_deadlines
         while conn and conn[0][0] <= now:
             _, i = conn.popleft()
@@ -418,6 +438,7 @@ class Loop:
                 self.stopped = True
                 break
             self.expire(now)
+            self.fire(now)
             self.fill_connect_window(now)
             if self.held and self.next_to_start == self.n and self.connecting == 0:
                 self.release(now)
@@ -435,7 +456,8 @@ class Loop:
                 wake = min(wake, self.conn_deadlines[0][0])
             if self.starved_since >= 0:
                 wake = min(wake, now + 1_000_000)  # try to make sockets again soon
-            ready = waiter.wait(max(0.0, (wake - now) / 1e9))
+            wake = min(wake, self.next_timer(wake))
+            ready = waiter.wait(max(0.0, (wake - now) / 1e9), self.precise)
             # Monitors first, so a handshake is seen before its first reply where possible.
             for key in ready:
                 if key < 0:
@@ -445,6 +467,13 @@ class Loop:
                     self.on_dealer(key)
         self.abandon(time.perf_counter_ns())
         self.report()
+
+    def fire(self, now: int) -> None:
+        """Act on the timers due by `now`: the closed loop has none (replies drive it)."""
+
+    def next_timer(self, default: int) -> int:
+        """When the next timer is due, or `default` when there is none."""
+        return default
 
     def abandon(self, now: int) -> None:
         """At the deadline: messages in flight time out, clients not connected are dropped."""
@@ -465,7 +494,7 @@ class Loop:
         if self.progress is not None:
             self.progress(
                 f"connected {self.n_connected}/{self.n} "
-                f"acked {self.n_acked}/{self.n * self.config.messages} errors {self.n_errors}"
+                f"acked {self.n_acked}/{self.planned:.0f} errors {self.n_errors}"
             )
 
     def close(self) -> None:

@@ -1,9 +1,16 @@
 """The outputs of one client process, made from what the loop recorded once it has ended.
 
 rtt.parquet, one row per message sent, sorted by client_id, seq: ``client_id`` u32,
-``seq`` u64, ``payload_bytes`` u32, ``rtt_ns`` i64 (to the reply that settled the message,
-whatever its status; -1 for TIMEOUT), ``status`` (a protocol status name, TIMEOUT, MISMATCH
-or INVALID_ACK), ``t_send_ns`` i64 (perf_counter_ns at send, as in the header).
+``seq`` u64, ``payload_bytes`` u32, ``rtt_ns`` i64 (from the actual send to the reply that
+settled the message, whatever its status; -1 for TIMEOUT), ``status`` (a protocol status name,
+TIMEOUT, MISMATCH or INVALID_ACK), ``t_send_ns`` i64 (perf_counter_ns at send, as in the
+header), ``intended_ns`` i64 (the scheduled send; in a closed loop the actual one),
+``latency_ns`` i64 (from the intended send to the reply: the corrected latency; -1 for
+TIMEOUT), ``lag_ns`` i64 (actual − intended send), ``warmup`` bool (left out of every summary)
+and ``window_full`` bool (the send waited for room in the in-flight window), as
+`msgprof.load.latency` defines them.
+
+latency.hlog: the HdrHistogram interval log of the process (msgprof.histlog).
 
 clients.parquet, one row per client id in the order given: ``client_id``, ``connected``,
 ``connect_ns``, ``first_ack_ns`` (-1: never), ``sent``, ``acked`` (OK), ``duplicates``,
@@ -33,8 +40,10 @@ import pyarrow.compute as pc
 import zmq
 
 from msgprof import atomic
-from msgprof.config import ClientConfig, format_client_ids
+from msgprof.client_ids import format_client_ids
+from msgprof.config import ClientConfig
 from msgprof.load.capacity import Capacity
+from msgprof.load.latency import Schedule, schedule, schedule_summary, write_histograms
 from msgprof.load.loop import Loop, Rows
 from msgprof.load.statuses import DUPLICATE, ERROR_KINDS, OK, STATUS_NAMES, TIMEOUT
 from msgprof.stats import grouped_quantiles
@@ -48,6 +57,8 @@ class _Recorded(NamedTuple):
     t_send: np.ndarray
     rtt: np.ndarray
     code: np.ndarray
+    intended: np.ndarray | None  # a paced loop's scheduled sends
+    window_full: np.ndarray | None
 
 
 class _Counts(NamedTuple):
@@ -71,25 +82,38 @@ def write_outputs(
     rec = _recorded(loop.rows)
     counts = _counts(rec, loop.n)
     ids = np.asarray(loop.ids, dtype=np.uint32)
+    sched = schedule(
+        rec.index, rec.t_send, rec.rtt, rec.intended, rec.window_full, loop.n, config.warmup_s
+    )
     summary = {
         **_played(config, loop, rec, counts),
         **_timing(loop, counts, usage["wall_s"]),
+        **schedule_summary(config, rec.code, rec.index, sched, loop.n),
         **_cpu(usage),
         **_limits(config, loop, capacity),
     }
-    atomic.write_parquet(out_dir / "rtt.parquet", _rtt_table(rec, ids, config.payload_bytes))
+    summary["histogram_clamped"] = write_histograms(
+        out_dir / "latency.hlog", rec.code, rec.t_send, rec.rtt, sched,
+        f"msgprof client {format_client_ids(loop.ids)} pid {os.getpid()}",
+    )  # fmt: skip
+    table = _rtt_table(rec, sched, ids, config.payload_bytes)
+    atomic.write_parquet(out_dir / "rtt.parquet", table)
     atomic.write_parquet(out_dir / "clients.parquet", _clients_table(rec, counts, ids, loop))
     atomic.write_json(out_dir / "client.json", summary)
     return summary
 
 
 def _recorded(rows: Rows) -> _Recorded:
+    intended = getattr(rows, "intended", None)
+    window_full = getattr(rows, "window_full", None)
     return _Recorded(
         index=np.frombuffer(rows.index, dtype=np.uint32).astype(np.intp),
         seq=np.frombuffer(rows.seq, dtype=np.uint64),
         t_send=np.frombuffer(rows.t_send, dtype=np.int64),
         rtt=np.frombuffer(rows.rtt, dtype=np.int64),
         code=np.frombuffer(rows.code, dtype=np.int8),
+        intended=None if intended is None else np.frombuffer(intended, dtype=np.int64),
+        window_full=None if window_full is None else np.frombuffer(window_full, dtype=np.int8),
     )
 
 
@@ -106,7 +130,7 @@ def _counts(rec: _Recorded, n: int) -> _Counts:
     )
 
 
-def _rtt_table(rec: _Recorded, ids: np.ndarray, payload_bytes: int) -> pa.Table:
+def _rtt_table(rec: _Recorded, sched: Schedule, ids: np.ndarray, payload_bytes: int) -> pa.Table:
     client_id = ids[rec.index]
     order = np.lexsort((rec.seq, client_id))
     names = pa.array(STATUS_NAMES, type=pa.string())
@@ -120,6 +144,11 @@ def _rtt_table(rec: _Recorded, ids: np.ndarray, payload_bytes: int) -> pa.Table:
             "rtt_ns": pa.array(rec.rtt[order], type=pa.int64()),
             "status": pc.take(names, pa.array(rec.code[order], type=pa.int8())),
             "t_send_ns": pa.array(rec.t_send[order], type=pa.int64()),
+            "intended_ns": pa.array(sched.intended[order], type=pa.int64()),
+            "latency_ns": pa.array(sched.latency[order], type=pa.int64()),
+            "lag_ns": pa.array(sched.lag[order], type=pa.int64()),
+            "warmup": pa.array(sched.warmup[order], type=pa.bool_()),
+            "window_full": pa.array(sched.window_full[order], type=pa.bool_()),
         }
     )
 
@@ -158,7 +187,8 @@ def _played(config: ClientConfig, loop: Loop, rec: _Recorded, counts: _Counts) -
     for c, count in enumerate(np.bincount(code.astype(np.intp), minlength=len(STATUS_NAMES))):
         if c not in (OK, DUPLICATE):
             errors[STATUS_NAMES[c]] = int(count)
-    planned = loop.n * config.messages
+    unsent = getattr(loop, "unsent", None)  # a paced loop counts what its schedules missed
+    planned = len(code) + unsent() if unsent is not None else loop.n * config.messages
     errors["not_connected"] = loop.n_not_connected
     errors["not_sent"] = planned - len(code)
     return {

@@ -13,6 +13,9 @@ from typing import Any
 
 import zmq
 
+#: select()'s limit on descriptor numbers (glibc's FD_SETSIZE).
+_FD_SETSIZE = 1024
+
 
 class Waiter(abc.ABC):
     """Readiness of many zmq sockets; a socket is known by the `key` it was added with."""
@@ -33,10 +36,14 @@ class Waiter(abc.ABC):
         self._unregister(token)
         del self._keys[token]
 
-    def wait(self, timeout_s: float) -> list[int]:
-        """Keys of the sockets that may have input, after at most `timeout_s`."""
+    def wait(self, timeout_s: float, precise: bool = False) -> list[int]:
+        """Keys of the sockets that may have input, after at most `timeout_s`.
+
+        A wait is timed in whole milliseconds (rounded up) unless `precise` asks for the
+        microseconds a paced schedule needs, where the waiter can.
+        """
         keys = self._keys
-        return [keys[token] for token in self._ready(timeout_s)]
+        return [keys[token] for token in self._ready(timeout_s, precise)]
 
     def close(self) -> None:
         """Release what the waiter holds (the epoll descriptor); nothing by default."""
@@ -50,7 +57,7 @@ class Waiter(abc.ABC):
         """Stop watching the socket of `token`."""
 
     @abc.abstractmethod
-    def _ready(self, timeout_s: float) -> list[Any]:
+    def _ready(self, timeout_s: float, precise: bool) -> list[Any]:
         """Tokens of the sockets that may have input, after at most `timeout_s`."""
 
 
@@ -67,6 +74,10 @@ class EpollWaiter(Waiter):
     def __init__(self) -> None:
         super().__init__()
         self._epoll = select.epoll()
+        # select() waits in microseconds where epoll_wait counts milliseconds; it can watch
+        # the epoll descriptor itself (readable when a member is) if that is below FD_SETSIZE,
+        # which it is when made before the sockets.
+        self._fine = [self._epoll.fileno()] if self._epoll.fileno() < _FD_SETSIZE else None
 
     def _register(self, sock: zmq.Socket) -> Any:
         fd = sock.getsockopt(zmq.FD)
@@ -76,7 +87,10 @@ class EpollWaiter(Waiter):
     def _unregister(self, token: Any) -> None:
         self._epoll.unregister(token)
 
-    def _ready(self, timeout_s: float) -> list[Any]:
+    def _ready(self, timeout_s: float, precise: bool) -> list[Any]:
+        if precise and timeout_s > 0 and self._fine is not None:
+            select.select(self._fine, (), (), timeout_s)
+            timeout_s = 0
         return [fd for fd, _ in self._epoll.poll(timeout_s)]
 
     def close(self) -> None:
@@ -99,7 +113,7 @@ class PollerWaiter(Waiter):
     def _unregister(self, token: Any) -> None:
         self._poller.unregister(token)
 
-    def _ready(self, timeout_s: float) -> list[Any]:
+    def _ready(self, timeout_s: float, precise: bool) -> list[Any]:
         return [sock for sock, _ in self._poller.poll(math.ceil(timeout_s * 1000))]
 
 
