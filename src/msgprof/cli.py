@@ -25,6 +25,7 @@ _EPILOG_POINT = """\
 examples:
   msgprof point --clients 100 --messages 1000 --out results/try/100-1000
   msgprof point --clients 10000 --messages 10 --ack-after fsync --out /tmp/p --strict
+  msgprof point --clients 1000 --rate 5 --duration-s 30 --warmup-s 5 --out /tmp/paced
 """
 
 #: Subcommands with settings: (name, help, description, epilog).
@@ -41,10 +42,17 @@ _SETTINGS_COMMANDS = (
         "client",
         "run load-generating clients",
         "Play many clients from one process: each has its own DEALER socket and TCP connection "
-        "and sends --messages sequenced messages, one in flight, timing setup and every round "
-        "trip. Writes rtt.parquet, clients.parquet and client.json to --out. SIGTERM or SIGINT "
-        "ends the run early; the outputs are still written.",
-        None,
+        "and sends --messages sequenced messages, timing setup and every round trip. By "
+        "default a client keeps one message in flight (a closed loop); with --rate it sends on "
+        "a schedule (an open loop) and latency runs from each message's intended send time "
+        "(docs/measurement.md). Writes rtt.parquet, clients.parquet, latency.hlog and "
+        "client.json to --out. SIGTERM or SIGINT ends the run early; the outputs are still "
+        "written.",
+        "examples:\n"
+        "  msgprof client --endpoint tcp://127.0.0.1:5555 --client-ids 1-100 --messages 1000 "
+        "--out /tmp/c\n"
+        "  msgprof client --endpoint tcp://127.0.0.1:5555 --client-ids 1-100 --rate 50 "
+        "--duration-s 20 --warmup-s 2 --out /tmp/paced",
     ),
     (
         "point",

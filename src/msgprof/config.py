@@ -333,7 +333,7 @@ class PointConfig(LoadOptions, ServerOptions):
 
     clients: int = positive_int(help="number of clients")
     messages: int | None = positive_int(
-        None, help="messages per client (with --rate, or --duration-s instead)"
+        None, help="messages per client (a paced point may give --duration-s instead)"
     )
     first_client_id: int = positive_int(
         1, help="id of the first client; the others follow. Default: %(default)s"

@@ -124,5 +124,8 @@ class ResourceMonitor:
             self.rows[name].append(row[name])
 
     def table(self) -> pa.Table:
-        """Samples so far as a pyarrow Table with the COLUMNS above."""
-        return pa.table({name: self.rows[name] for name in COLUMNS})
+        """Samples so far as a pyarrow Table with the COLUMNS above. Its schema metadata
+        ``t0_monotonic_s`` is the CLOCK_MONOTONIC time of ``t_s`` = 0, so the samples line up
+        with the clients' latency logs, which are stamped on that clock."""
+        table = pa.table({name: self.rows[name] for name in COLUMNS})
+        return table.replace_schema_metadata({"t0_monotonic_s": repr(self._t0)})
