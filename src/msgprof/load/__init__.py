@@ -1,9 +1,12 @@
-"""The load generator: one process, one thread, many closed-loop DEALER clients.
+"""The load generator: one process, one thread, many DEALER clients.
 
-Each client id gets its own `zmq.DEALER` socket and so its own TCP connection, and keeps exactly
-one message in flight: message `seq` is sent only after the ack of `seq - 1` was read (`seq`
-starts at 1). All clients of a process share one event loop, so thousands of clients cost
-descriptors, not threads.
+Each client id gets its own `zmq.DEALER` socket and so its own TCP connection. By default it
+keeps exactly one message in flight (a closed loop): message `seq` is sent only after the ack of
+`seq - 1` was read (`seq` starts at 1). With ``rate`` set, it sends on a schedule instead (an
+open loop, `msgprof.load.pacing`), and latency runs from each message's intended send time. All
+clients of a process share one event loop, so thousands of clients cost descriptors, not
+threads. What follows is the closed loop; the open loop keeps its rules for replies, timeouts
+and connections, and its own are in `msgprof.load.pacing`.
 
 What is measured (all on `time.perf_counter_ns`, which on Linux is CLOCK_MONOTONIC and so
 comparable between the processes of one host):
@@ -78,6 +81,9 @@ The room, one concern a module (imports only `msgprof.wire` and the top-level he
 * `sockets`: a client's DEALER options and its handshake monitor.
 * `waiters`: waiting on thousands of sockets (epoll or zmq.Poller).
 * `loop`: the event loop (connect window, send, ack matching, timeouts and resends, stop).
+* `pacing`: the open loop's event loop (a schedule per client, an in-flight window, timers).
+* `latency`: the intended send of every message, the corrected latency, warm-up, the lag and the
+  interval log of the process.
 * `statuses`: the codes and names of a row's status and of client.json's error kinds.
 * `outputs`: rtt.parquet, clients.parquet and client.json from what the loop recorded.
 """
