@@ -205,3 +205,24 @@ def test_closed_loop_columns_agree(tmp_path: Path) -> None:
     assert not rtt.warmup.any() and not rtt.window_full.any()
     summary = json.loads((tmp_path / "client.json").read_text())
     assert not summary["paced"] and summary["offered_msgs_per_s"] is None
+
+
+def test_achieved_counts_measured_replies_in_the_window() -> None:
+    """Replies to warm-up messages (a backlog) and replies read after the window do not count."""
+    import pyarrow as pa
+
+    from msgprof.experiment.offered import achieved
+
+    ms = 1_000_000
+    rtt = pa.table({
+        "status": ["OK", "OK", "OK", "OK", "TIMEOUT"],
+        "t_send_ns": [0, 1000 * ms, 1500 * ms, 2900 * ms, 1200 * ms],
+        "rtt_ns": [1100 * ms, 1 * ms, 1 * ms, 200 * ms, -1],
+        "warmup": [True, False, False, False, False],
+    })  # fmt: skip
+    docs = [{"measured_start_ns": 1000 * ms, "measured_end_ns": 3000 * ms},
+            {"measured_start_ns": 900 * ms, "measured_end_ns": 3100 * ms}]  # fmt: skip
+    rate, window_s = achieved(rtt, docs)
+    assert window_s == 2.0
+    assert rate == 1.0  # 2 of the 4 OK replies: not the warm-up one, not the one read at 3.1 s
+    assert achieved(rtt, [{"measured_start_ns": None}]) == (None, 0.0)

@@ -53,8 +53,13 @@ def latency_quantiles(items: list[histlog.Interval]) -> dict[str, Any]:
 
 
 def achieved(rtt: pa.Table | None, docs: list[dict[str, Any]]) -> tuple[float | None, float]:
-    """(messages per second, window seconds): OK replies read while every client of every
-    process was on its schedule past warm-up, divided by the length of that window."""
+    """(messages per second, window seconds): the OK replies to measured (not warm-up)
+    messages read while every client of every process was on its schedule past warm-up,
+    divided by the length of that window.
+
+    Replies to warm-up messages are left out, so a backlog built during warm-up cannot make the
+    rate look higher than offered; a server that falls behind answers fewer of the window's
+    messages within it, and its rate reads lower."""
     starts = [d.get("measured_start_ns") for d in docs]
     ends = [d.get("measured_end_ns") for d in docs]
     if rtt is None or not docs or not all(starts) or not all(ends):
@@ -62,7 +67,7 @@ def achieved(rtt: pa.Table | None, docs: list[dict[str, Any]]) -> tuple[float | 
     lo, hi = max(starts), min(ends)
     if hi <= lo:
         return None, 0.0
-    ok = rtt.filter(pc.equal(rtt["status"], "OK"))
+    ok = rtt.filter(pc.and_(pc.equal(rtt["status"], "OK"), pc.invert(rtt["warmup"])))
     read_at = pc.add(ok["t_send_ns"], ok["rtt_ns"])
     inside = pc.and_(pc.greater_equal(read_at, lo), pc.less(read_at, hi))
     count = pc.sum(inside.cast(pa.int64())).as_py() or 0
