@@ -45,6 +45,9 @@ STORE_KINDS = ("file", "none")
 START_MODES = ("on_connect", "all_connected")
 #: How a paced client spaces its sends (msgprof.load.pacing).
 ARRIVALS = ("uniform", "poisson")
+#: Most messages a paced client may have in flight: the server queues at most this many unread
+#: acks per connection (docs/protocol.md) and drops the rest.
+MAX_IN_FLIGHT = 1000
 EVENT_LOOPS = ("auto", "epoll", "poller")
 #: Where a point's client processes run (msgprof.experiment.launch).
 LAUNCHERS = ("local", "srun")
@@ -56,6 +59,12 @@ def zmq_endpoint(value: str) -> str | None:
     if value.startswith(("tcp://", "ipc://", "inproc://")):
         return None
     return f"must be a ZeroMQ endpoint like tcp://127.0.0.1:0, not {value!r}"
+
+
+def in_flight_window(value: int) -> str | None:
+    if not 1 <= value <= MAX_IN_FLIGHT:
+        return f"must be 1..{MAX_IN_FLIGHT}, got {value}"
+    return None
 
 
 # --- the models --------------------------------------------------------------------------------
@@ -217,11 +226,14 @@ class LoadOptions(Checked):
         help="with --rate, instead of --messages: each client sends for this many seconds "
         "from its first scheduled send",
     )
-    max_in_flight: int = positive_int(
+    max_in_flight: int = setting(
         1,
-        help="with --rate: most messages a client has awaiting their replies; a scheduled "
-        "send that finds the window full goes out when a reply frees it, and its latency "
-        "still counts from the scheduled time. Default: %(default)s",
+        parse=int,
+        check=in_flight_window,
+        help="with --rate: most messages a client has awaiting their replies (1..1000: the "
+        "server queues at most 1,000 unread acks per connection); a scheduled send that finds "
+        "the window full goes out when a reply frees it, and its latency still counts from the "
+        "scheduled time. Default: %(default)s",
     )
     warmup_s: float = non_negative_float(
         0.0,

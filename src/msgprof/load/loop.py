@@ -21,7 +21,7 @@ import zmq
 
 from msgprof.config import ClientConfig
 from msgprof.load.capacity import Capacity
-from msgprof.load.sockets import open_client
+from msgprof.load.sockets import HWM, open_client
 from msgprof.load.statuses import DUPLICATE, INVALID_ACK, MISMATCH, OK, TIMEOUT
 from msgprof.load.waiters import make_waiter
 from msgprof.wire.payload import payload_for
@@ -130,6 +130,8 @@ class Loop:
         self.planned = n * (config.messages or 0)
         #: Wait with sub-millisecond precision (a paced loop's timers need it).
         self.precise = False
+        #: The DEALERs' high-water marks: room for the whole in-flight window, twice over.
+        self.hwm = max(HWM, 2 * config.max_in_flight)
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -163,7 +165,7 @@ class Loop:
 
     def start(self, i: int) -> bool:
         """Create, monitor and connect client `i`; False if libzmq refused a socket (EMFILE)."""
-        opened = open_client(self.ctx, self.curve, self.resend_mode)
+        opened = open_client(self.ctx, self.curve, self.resend_mode, self.hwm)
         if opened is None:
             return False
         sock, mon = opened

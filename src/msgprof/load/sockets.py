@@ -14,6 +14,7 @@ import zmq
 from msgprof.wire.security import CurveClientKeys
 
 #: Send/receive high-water marks: a closed loop needs one; a little room for a chatty server.
+#: A paced client with a larger in-flight window gets twice its window (`open_client`'s `hwm`).
 HWM = 16
 #: libzmq's reconnect interval for every DEALER (ms), doubled after each failed try up to the
 #: maximum, so clients refused by a server that is down or full back off instead of hammering it.
@@ -22,7 +23,7 @@ RECONNECT_IVL_MAX_MS = 1000
 
 
 def open_client(
-    ctx: zmq.Context, curve: CurveClientKeys | None, watch_disconnects: bool
+    ctx: zmq.Context, curve: CurveClientKeys | None, watch_disconnects: bool, hwm: int = HWM
 ) -> tuple[zmq.Socket, zmq.Socket] | None:
     """A configured DEALER, not yet connected, and its monitor; None if libzmq refused a socket.
 
@@ -43,8 +44,8 @@ def open_client(
     try:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 0)  # queue while (re)connecting; the pipe outlives a drop
-        sock.setsockopt(zmq.SNDHWM, HWM)
-        sock.setsockopt(zmq.RCVHWM, HWM)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
         if curve is not None:
