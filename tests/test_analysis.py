@@ -1,5 +1,6 @@
-"""The tables of real runs (analysis.csv, points.csv, resources.csv, limits.csv): columns, exact
-quantiles of raw samples, order, and a run that is missing files or holds a half-written point."""
+"""The tables of real runs (analysis.csv, points.csv, resources.csv, limits.csv, latency.csv):
+columns, exact quantiles of raw samples, order, and a run that is missing files or holds a
+half-written point. Paced runs: tests/test_latency_tables.py."""
 
 from __future__ import annotations
 
@@ -17,9 +18,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from msgprof.report import analysis, host_tables
+from msgprof import histlog
+from msgprof.report import analysis, host_tables, latency
+from msgprof.stats import quantiles
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+REFERENCE = Path(__file__).resolve().parents[1] / "results" / "reference" / "points.csv"
 
 
 def documented_columns(table: str) -> list[str]:
@@ -103,6 +107,8 @@ def test_columns_are_exactly_the_documented_ones(tables) -> None:
     assert analysis.CLIENT_COLUMNS == documented_columns("analysis.csv")
     assert analysis.POINT_COLUMNS == documented_columns("points.csv")
     assert host_tables.LIMIT_COLUMNS == documented_columns("limits.csv")
+    assert latency.TABLE_COLUMNS == documented_columns("latency.csv")
+    assert list(pd.read_csv(run / "latency.csv").columns) == latency.TABLE_COLUMNS
     assert list(pd.read_csv(run / "limits.csv").columns) == documented_columns("limits.csv")
     # resources.csv: the row keys, then the columns the monitor writes to resources.parquet
     resources = list(pd.read_csv(run / "resources.csv").columns)
@@ -239,7 +245,7 @@ def test_limits_table_has_each_points_limits_json_with_text_kept_as_text(tables)
 
 def test_half_written_point_is_skipped_with_a_warning(run_dir: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="msgprof.analysis"):
-        clients, points, resources, limits = analysis.collect(run_dir)
+        clients, points, resources, limits, _latency = analysis.collect(run_dir)
     assert HALF_WRITTEN not in set(points["point"])
     assert HALF_WRITTEN not in set(clients["point"])
     assert HALF_WRITTEN not in set(resources["point"]) | set(limits["point"])
@@ -258,7 +264,7 @@ def test_missing_optional_files_give_nan_not_a_crash(run_dir: Path, tmp_path: Pa
     doc["server"]["resources"] = {"samples": 0}
     (point / "point.json").write_text(json.dumps(doc))
     with caplog.at_level(logging.WARNING, logger="msgprof.analysis"):
-        clients, points, resources, limits = analysis.collect(run)
+        clients, points, resources, limits, _latency = analysis.collect(run)
     row = points.set_index("point").loc["4-8-1"]
     for name in (
         "rtt_p50_us",
@@ -292,6 +298,7 @@ def test_empty_run_gives_header_only_tables(tmp_path: Path) -> None:
     assert headers[:2] == [documented_columns("analysis.csv"), documented_columns("points.csv")]
     assert headers[2] == host_tables.ROW_KEYS  # no samples: no sample columns
     assert headers[3] == documented_columns("limits.csv")
+    assert headers[4] == documented_columns("latency.csv")
     assert all(len(frame) == 0 for frame in analysis.read_tables(tmp_path))
 
 
@@ -309,3 +316,30 @@ def test_format_errors_sorts_kinds_and_drops_zeros() -> None:
         analysis.format_errors({"not_sent": 7, "BUSY": 0, "TIMEOUT": 3}) == "TIMEOUT=3;not_sent=7"
     )
     assert analysis.format_errors({}) == ""
+
+
+def test_closed_loop_points_keep_the_reference_columns_first(tables) -> None:
+    """points.csv of a closed-loop run: the reference run's columns, in its order, then the new."""
+    run, _clients, points = tables
+    reference = REFERENCE.read_text().splitlines()[0].split(",")
+    assert list(points.columns[: len(reference)]) == reference
+    assert analysis.POINT_COLUMNS[: len(reference)] == reference
+    assert len(pd.read_csv(run / "latency.csv")) == 0  # no paced point
+
+
+def test_closed_loop_latency_is_the_round_trip_from_latency_hlog(tables) -> None:
+    run, _clients, points = tables
+    for p in points[points["phase"] == "sweep"].itertuples():
+        if p.point == "30-3-1":
+            continue  # refused clients: not every message measured
+        rtt = pd.read_parquet(run / "points" / p.point / "rtt.parquet")
+        stored = rtt[rtt["status"].isin(["OK", "DUPLICATE"])]
+        assert (stored["latency_ns"] == stored["rtt_ns"]).all()
+        exact = quantiles(histlog.to_us(stored["rtt_ns"].to_numpy()), [0.5, 0.99, 1.0])
+        for value, name in zip(exact, ["p50", "p99", "max"], strict=True):
+            got = getattr(p, f"latency_{name}_us")
+            assert value <= got <= value + histlog.precision_us(value), (p.point, name)
+        assert p.uncorrected_p99_us == p.latency_p99_us
+        assert math.isnan(p.rate_per_client) and math.isnan(p.offered_msgs_per_s)
+        assert math.isnan(p.duration_s) and math.isnan(p.achieved_msgs_per_s)
+        assert p.lag_p99_us == 0 and p.late_sends == 0 and p.measured_sends == len(rtt)

@@ -25,6 +25,11 @@ rule analysis:
             caption="../report/limits.rst",
             category="Tables",
         ),
+        latency=report(
+            f"{RESULTS}/latency.csv",
+            caption="../report/latency.rst",
+            category="Tables",
+        ),
     log:
         f"{RESULTS}/logs/analysis.log",
     conda:

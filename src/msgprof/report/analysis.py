@@ -1,16 +1,19 @@
 """A run's raw files → the tables the report reads, and nothing else reads raw files for it.
 
 analysis.csv (one row per client), points.csv (one row per point), resources.csv (the server
-process over time) and limits.csv (the host of each point): see docs/results.md.
+process over time), limits.csv (the host of each point) and latency.csv (one row per paced
+configuration, msgprof.report.latency): see docs/results.md.
 
-A run directory holds sweep points under `points/<C>-<M>-<rep>/` and the steps of the master test
-case under `master/<NN>-<phase>-<C>x<M>/`; each has point.json, rtt.parquet, clients.parquet,
+A run directory holds sweep points under `points/<C>-<M>-<rep>/` (paced: `<C>-<M>-r<RATE>-<rep>/`
+or timed `<C>-<D>s-r<RATE>-<rep>/`) and the steps of the master test case under
+`master/<NN>-<phase>-<C>x<M>/`; each has point.json, rtt.parquet, clients.parquet, latency.hlog,
 resources.parquet, limits.json and server.json. A point is a result even when it hit a limit, so
 a missing optional file gives NaN and a warning, never a crash; a directory without point.json is
 a point still running or one that failed half-way, and is skipped with a warning.
 
-Latency summaries are exact quantiles of the raw samples under the project's one rule
-(`msgprof.stats`: always a measured value), never averages of per-client percentiles.
+RTT summaries are exact quantiles of the raw samples under the project's one rule
+(`msgprof.stats`: always a measured value), latency summaries quantiles of merged HdrHistograms
+under the same rule; never averages of per-client percentiles.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from msgprof import atomic
-from msgprof.report import host_tables
+from msgprof.report import host_tables, latency
 from msgprof.stats import quantile, quantiles, resource_summary
 
 log = logging.getLogger("msgprof.analysis")
@@ -102,11 +105,18 @@ POINT_COLUMNS = KEY_COLUMNS + [
     "somaxconn",
     "rlimit_nofile",
 ]
+#: A point's pace, empty for a closed loop: messages/s per client and seconds of a timed point.
+PACE_COLUMNS = ["rate_per_client", "duration_s"]
+#: points.csv ends with the pace and the latency columns (after the columns it always had).
+POINT_COLUMNS += PACE_COLUMNS + latency.POINT_COLUMNS
 
-#: Quantiles of the raw RTT samples in points.csv (column suffix → q).
-RTT_QUANTILES = {"p50": 0.5, "p90": 0.9, "p99": 0.99, "p999": 0.999, "max": 1.0}
+#: Quantiles of the raw RTT samples in points.csv (column suffix → q): the latency ones.
+RTT_QUANTILES = latency.QUANTILES
 
-_SWEEP_NAME = re.compile(r"^(?P<clients>\d+)-(?P<messages>\d+)-(?P<rep>\d+)(?P<curve>-curve)?$")
+_SWEEP_NAME = re.compile(
+    r"^(?P<clients>\d+)-(?:(?P<messages>\d+)|(?P<duration>\d+(?:\.\d+)?)s)"
+    r"(?:-r(?P<rate>\d+(?:\.\d+)?))?-(?P<rep>\d+)(?P<curve>-curve)?$"
+)
 _STEP_NAME = re.compile(r"^(?P<step>\d+)-(?P<phase>[a-z_]+)-(?P<clients>\d+)x(?P<messages>\d+)$")
 _MIB = float(1 << 20)
 
@@ -148,8 +158,14 @@ def _number(value: Any) -> float:
         return math.nan
 
 
+def _name_number(names: dict[str, str | None], key: str) -> float | None:
+    """A rate or duration spelled in a point's name ("2.5"), or None."""
+    return float(names[key]) if names.get(key) is not None else None
+
+
 def point_keys(run: str, group: str, path: Path, doc: dict[str, Any]) -> dict[str, Any]:
-    """The identifying columns of a point: from point.json, else from the directory name."""
+    """The identifying columns of a point and its pace: from point.json, else from the
+    directory name."""
     params = doc.get("parameters", {})
     sweep = _SWEEP_NAME.match(path.name) if group == "points" else None
     step = _STEP_NAME.match(path.name) if group == "master" else None
@@ -165,6 +181,8 @@ def point_keys(run: str, group: str, path: Path, doc: dict[str, Any]) -> dict[st
         "payload_bytes": params.get("payload_bytes"),
         "ack_after": params.get("ack_after"),
         "curve": bool(params.get("curve", False)),
+        "rate_per_client": doc.get("rate_per_client", _name_number(names, "rate")),
+        "duration_s": doc.get("duration_s", _name_number(names, "duration")),
     }
 
 
@@ -342,6 +360,7 @@ INT_COLUMNS = (
     "refused",
     "somaxconn",
     "rlimit_nofile",
+    *latency.SEND_COUNTS,
 )
 
 
@@ -377,10 +396,11 @@ class Tables(NamedTuple):
     points: pd.DataFrame  # points.csv
     resources: pd.DataFrame  # resources.csv
     limits: pd.DataFrame  # limits.csv
+    latency: pd.DataFrame  # latency.csv
 
 
 #: File name of each table in the run directory.
-FILES = Tables("analysis.csv", "points.csv", "resources.csv", "limits.csv")
+FILES = Tables("analysis.csv", "points.csv", "resources.csv", "limits.csv", "latency.csv")
 
 
 class _Rows:
@@ -391,6 +411,7 @@ class _Rows:
         self.points: list[dict[str, Any]] = []
         self.resources: list[pd.DataFrame] = []
         self.limits: list[dict[str, Any]] = []
+        self.latency = latency.Configurations()
 
     def add_point(self, keys: dict[str, Any], doc: dict[str, Any], path: Path) -> None:
         clients = client_rows(keys, path)
@@ -401,7 +422,10 @@ class _Rows:
             self.limits.append(host_tables.limit_row(keys, limits))
         samples = host_tables.read_samples(path / "resources.parquet")
         self.add_samples(keys, samples)
-        self.points.append(point_row(keys, doc, path, clients, limits or {}, samples))
+        hists = latency.point_histograms(path)
+        row = point_row(keys, doc, path, clients, limits or {}, samples)
+        self.points.append(row | latency.point_columns(doc, hists))
+        self.latency.add(keys, doc, hists)
 
     def add_samples(self, keys: dict[str, Any], samples: pa.Table | None) -> None:
         frame = host_tables.resource_rows(keys, samples)
@@ -413,20 +437,24 @@ class _Rows:
         clients = _rounded(_typed(clients, CLIENT_COLUMNS))
         points = _rounded(_typed(pd.DataFrame(self.points), POINT_COLUMNS))
         if len(points):
-            points = _order(points)
-        if len(clients):
-            clients = _order(clients, ["client_id"])
+            points = _order(points, ["rate_per_client"])
         frames = pd.concat(self.resources, ignore_index=True) if self.resources else pd.DataFrame()
         columns = list(dict.fromkeys([*host_tables.ROW_KEYS, *frames.columns]))
         resources = _typed(frames, columns, host_tables.resource_ints(self.resources))
         limits = pd.DataFrame(self.limits)
         limits = _typed(limits, host_tables.LIMIT_COLUMNS, host_tables.LIMIT_INTS)
         order = points["point"] if len(points) else pd.Series(dtype=str)
+        if len(clients):  # points of one size and rep but another rate stay apart
+            clients = host_tables.in_point_order(
+                clients.sort_values("client_id", kind="stable"), order
+            )
+        configurations = self.latency.table()
         return Tables(
             clients,
             points,
             host_tables.in_point_order(resources, order),
             host_tables.in_point_order(limits, order),
+            _rounded(_typed(configurations, latency.TABLE_COLUMNS, latency.TABLE_INTS)),
         )
 
 
@@ -445,7 +473,7 @@ def collect(run_dir: Path | str) -> Tables:
 
 
 def write_tables(run_dir: Path | str) -> Tables:
-    """Write the four tables into run_dir atomically; return their paths."""
+    """Write the five tables into run_dir atomically; return their paths."""
     run_dir = Path(run_dir)
     paths = [
         atomic.write_text(run_dir / name, frame.to_csv(index=False, lineterminator="\n"))
@@ -477,4 +505,5 @@ def read_tables(run_dir: Path | str) -> Tables:
         points_df,
         host_tables.read_resources(run_dir / FILES.resources),
         host_tables.read_limits(run_dir / FILES.limits),
+        latency.read_table(run_dir / FILES.latency),
     )
