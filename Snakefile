@@ -13,6 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/master.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/knee.smk"
 
 
 rule all:

@@ -2,8 +2,9 @@
 
 Option names are a contract: the Snakemake workflow and other tools call these. The options of
 `server`, `client`, `point` and `master` are generated from their settings models in
-msgprof.config (name, type, choices, default, help and check of each); this module only wires
-them to the code that runs.
+msgprof.config (name, type, choices, default, help and check of each), and those of `knee` from
+the point's and its own (msgprof.experiment.knee); this module only wires them to the code that
+runs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,14 @@ def _argument_type(how: Setting) -> Callable[[str], Any]:
 
 def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
     """The options of `command`, generated from its settings model (msgprof.config.COMMANDS)."""
-    for name, default, how in config.options(command):
+    _add_options(parser, config.options(command))
+
+
+def _add_options(
+    parser: argparse.ArgumentParser, items: Iterable[tuple[str, Any, Setting]]
+) -> None:
+    """An option per (name, default, setting): a switch, or a value parsed and checked."""
+    for name, default, how in items:
         if how.parse is None:
             parser.add_argument(flag(name), action="store_true", help=how.help)
             continue
@@ -135,6 +143,8 @@ def _build_parser() -> argparse.ArgumentParser:
         )
         _add_settings(cmd, name)
 
+    _add_knee(sub)
+
     key = sub.add_parser(
         "keygen",
         help="make a CURVE key pair",
@@ -155,6 +165,35 @@ def _build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         cmd.add_argument("run_dir", type=Path, help="results/<run>/ made by the workflow")
     return parser
+
+
+_EPILOG_KNEE = """\
+Rates are aggregate: msg/s of all clients together (each client sends RATE / --clients a second).
+knee.json says for every probe its rate, verdict, corrected p50/p99/p999, achieved rate and why
+it passed or failed, and the result: the highest passing rate, or null with the reason (even
+--lo fails; --hi passes: the knee is above --hi).
+
+examples:
+  msgprof knee --clients 100 --slo-p99-ms 10 --lo 1000 --hi 20000 --out /tmp/knee
+  msgprof knee --clients 1000 --slo-p99-ms 5 --duration-s 20 --ack-after fsync --out /tmp/k
+"""
+
+
+def _add_knee(sub: Any) -> None:
+    from msgprof.experiment import knee
+
+    cmd = sub.add_parser(
+        "knee",
+        help="find the highest rate that keeps the corrected p99 within an SLO",
+        description="Bisect on the offered rate between --lo and --hi: every probe is a timed "
+        "paced point (OUT/probe-NN-RATE/) that passes when its verdict is ok, its corrected p99 "
+        "is at most --slo-p99-ms and it achieved at least 99% of the offered rate. "
+        "OUT/knee.json is rewritten after every probe. Without --hi a closed-loop point runs "
+        "first to set it.",
+        epilog=_EPILOG_KNEE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_options(cmd, knee.options())
 
 
 def _model(args: argparse.Namespace, **fields: Any) -> Any:
@@ -205,6 +244,17 @@ def _cmd_master(args: argparse.Namespace) -> int:
     return _exit_code(result, args.strict)
 
 
+def _cmd_knee(args: argparse.Namespace) -> int:
+    from msgprof.experiment import knee
+
+    search = knee.KneeSearch(**{name: getattr(args, name) for name in settings_of(knee.KneeSearch)})
+    point = {name: getattr(args, name) for name, _default, _how in knee.point_options()}
+    result = knee.run_knee(knee.base_point(point, search), search, args.out)
+    if result.get("interrupted_by"):
+        return _exit_code(result, False)
+    return 1 if args.strict and result["result"]["highest_passing_msgs_per_s"] is None else 0
+
+
 def _exit_code(result: dict, strict: bool) -> int:
     """A run stopped by a signal exits as a shell reports death by it (130 SIGINT, 143
     SIGTERM), so a caller sees it was cut short; else 1 for a verdict not ok under --strict."""
@@ -248,6 +298,7 @@ _COMMANDS = {
     "client": _cmd_client,
     "point": _cmd_point,
     "master": _cmd_master,
+    "knee": _cmd_knee,
     "keygen": _cmd_keygen,
     "analyze": _cmd_analyze,
     "report": _cmd_report,
