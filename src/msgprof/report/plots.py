@@ -2,14 +2,18 @@
 
 Pages, in order: (1) client id vs connect time and (2) client id vs median RTT, the two plots of
 the seed's design; (3) RTT quantiles vs clients; (4) throughput vs clients and the closed-loop
-check RTT ≈ clients ÷ throughput; (5) server CPU, memory, descriptors and queue bytes over time;
-(6) verdicts and errors per point; (7) the system limits of each host; (8) provenance: manifest
-and config. A page whose input is missing says so instead of failing, so a run that hit a limit
-still gets its report. The PDF carries no creation date: the same run renders to the same bytes.
+check RTT ≈ clients ÷ throughput; only when the run has paced points, latency against offered
+load with the knee, and latency over time beside the server's CPU and queue bytes; (5) server
+CPU, memory, descriptors and queue bytes over time; (6) verdicts and errors per point; (7) the
+system limits of each host; (8) provenance: manifest and config. A page whose input is missing
+says so instead of failing, so a run that hit a limit still gets its report. The PDF carries no
+creation date: the same run renders to the same bytes.
 
-The pages read only what `msgprof.report.analysis` writes (analysis.csv, points.csv,
-resources.csv, limits.csv; made first when missing) and the run's manifest.json and config.yaml;
-they never open a point directory. Each kind of page is a module of `msgprof.report.pages`.
+The pages read what `msgprof.report.analysis` writes (analysis.csv, points.csv, resources.csv,
+limits.csv, latency.csv; made first when missing) and the run's manifest.json and config.yaml.
+Only latency over time opens point directories: the per-second histograms of latency.hlog and
+the monotonic origin of resources.parquet are in no table. Each kind of page is a module of
+`msgprof.report.pages`.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from msgprof import atomic
 from msgprof.report.pages.base import STYLE, Report
 from msgprof.report.pages.clients import client_page
 from msgprof.report.pages.load import rtt_page, throughput_page
+from msgprof.report.pages.offered import offered_page
 from msgprof.report.pages.provenance import provenance_page
 from msgprof.report.pages.resources import resource_page
 from msgprof.report.pages.tables import limits_page, verdict_page
+from msgprof.report.pages.timeline import timeline_page
 
 REPORT_NAME = "msg_proc_profiling.pdf"
 
@@ -55,6 +61,8 @@ def render(run_dir: Path | str, out: Path | str) -> None:
         )
         rtt_page(report, pdf)
         throughput_page(report, pdf)
+        offered_page(report, pdf)
+        timeline_page(report, pdf)
         resource_page(report, pdf)
         verdict_page(report, pdf)
         limits_page(report, pdf)
