@@ -25,7 +25,7 @@ from msgprof.wire.protocol import HEADER, MAX_CLIENT_ID, Status, encode_ack
 
 RTT_COLUMNS = [
     "client_id", "seq", "payload_bytes", "rtt_ns", "status", "t_send_ns", "intended_ns",
-    "latency_ns", "lag_ns", "warmup", "window_full",
+    "latency_ns", "lag_ns", "warmup", "window_wait_ns",
 ]  # fmt: skip
 CLIENT_COLUMNS = [
     "client_id", "connected", "connect_ns", "first_ack_ns", "sent", "acked", "duplicates",
@@ -127,7 +127,7 @@ def test_echo_outputs(tmp_path: Path) -> None:
     assert schema.names == RTT_COLUMNS
     assert [str(schema.field(c).type) for c in RTT_COLUMNS] == [
         "uint32", "uint64", "uint32", "int64", "string", "int64", "int64", "int64", "int64",
-        "bool", "bool",
+        "bool", "int64",
     ]  # fmt: skip
     assert list(clients.columns) == CLIENT_COLUMNS
     assert len(rtt) == 60

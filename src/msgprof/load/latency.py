@@ -34,7 +34,7 @@ class Schedule(NamedTuple):
     latency: np.ndarray  # i64 ns, reply read − intended send; -1 without a reply
     lag: np.ndarray  # i64 ns, actual − intended send
     warmup: np.ndarray  # bool
-    window_full: np.ndarray  # bool: the send waited for room in the in-flight window
+    window_wait: np.ndarray  # i64 ns: the part of the lag spent waiting for room in the window
 
 
 def schedule(
@@ -42,7 +42,7 @@ def schedule(
     t_send: np.ndarray,
     rtt: np.ndarray,
     intended: np.ndarray | None,
-    window_full: np.ndarray | None,
+    window_wait: np.ndarray | None,
     n_clients: int,
     warmup_s: float,
 ) -> Schedule:
@@ -55,9 +55,9 @@ def schedule(
     first = np.full(n_clients, np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(first, index, intended)
     warmup = intended < first[index] + int(warmup_s * 1e9)
-    if window_full is None:
-        window_full = np.zeros(len(t_send), dtype=bool)
-    return Schedule(intended, latency, lag, warmup, window_full.astype(bool))
+    if window_wait is None:
+        window_wait = np.zeros(len(t_send), dtype=np.int64)
+    return Schedule(intended, latency, lag, warmup, window_wait)
 
 
 def measured_window(index: np.ndarray, sched: Schedule, n_clients: int) -> tuple[int, int] | None:
@@ -84,6 +84,8 @@ def schedule_summary(
     and the span the point's achieved rate is counted over."""
     kept = ~sched.warmup
     late = kept & (sched.lag > LATE_NS)
+    # Late by the generator: its own part of the lag (not spent behind a full window) is late.
+    own = (sched.lag - sched.window_wait) > LATE_NS
     window = measured_window(index, sched, n_clients)
     lag_kept = sched.lag[kept]
     return {
@@ -98,8 +100,8 @@ def schedule_summary(
         "measured_sends": int(kept.sum()),
         "measured_acked": int((kept & (code == OK)).sum()),
         "late_sends": int(late.sum()),
-        "late_window_full": int((late & sched.window_full).sum()),
-        "late_generator": int((late & ~sched.window_full).sum()),
+        "late_window_full": int((late & ~own).sum()),
+        "late_generator": int((late & own).sum()),
         "lag_p99_ns": int(quantile(lag_kept, 0.99)) if lag_kept.size else None,
         "lag_max_ns": int(lag_kept.max()) if lag_kept.size else None,
         "measured_start_ns": window[0] if window else None,

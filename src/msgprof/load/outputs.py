@@ -7,7 +7,8 @@ TIMEOUT, MISMATCH or INVALID_ACK), ``t_send_ns`` i64 (perf_counter_ns at send, a
 header), ``intended_ns`` i64 (the scheduled send; in a closed loop the actual one),
 ``latency_ns`` i64 (from the intended send to the reply: the corrected latency; -1 for
 TIMEOUT), ``lag_ns`` i64 (actual − intended send), ``warmup`` bool (left out of every summary)
-and ``window_full`` bool (the send waited for room in the in-flight window), as
+and ``window_wait_ns`` i64 (the part of the lag spent waiting for room in the client's full
+in-flight window: the server's backpressure; the rest is the generator's own delay), as
 `msgprof.load.latency` defines them.
 
 latency.hlog: the HdrHistogram interval log of the process (msgprof.histlog).
@@ -58,7 +59,7 @@ class _Recorded(NamedTuple):
     rtt: np.ndarray
     code: np.ndarray
     intended: np.ndarray | None  # a paced loop's scheduled sends
-    window_full: np.ndarray | None
+    window_wait: np.ndarray | None
 
 
 class _Counts(NamedTuple):
@@ -83,7 +84,7 @@ def write_outputs(
     counts = _counts(rec, loop.n)
     ids = np.asarray(loop.ids, dtype=np.uint32)
     sched = schedule(
-        rec.index, rec.t_send, rec.rtt, rec.intended, rec.window_full, loop.n, config.warmup_s
+        rec.index, rec.t_send, rec.rtt, rec.intended, rec.window_wait, loop.n, config.warmup_s
     )
     summary = {
         **_played(config, loop, rec, counts),
@@ -105,7 +106,7 @@ def write_outputs(
 
 def _recorded(rows: Rows) -> _Recorded:
     intended = getattr(rows, "intended", None)
-    window_full = getattr(rows, "window_full", None)
+    window_wait = getattr(rows, "window_wait", None)
     return _Recorded(
         index=np.frombuffer(rows.index, dtype=np.uint32).astype(np.intp),
         seq=np.frombuffer(rows.seq, dtype=np.uint64),
@@ -113,7 +114,7 @@ def _recorded(rows: Rows) -> _Recorded:
         rtt=np.frombuffer(rows.rtt, dtype=np.int64),
         code=np.frombuffer(rows.code, dtype=np.int8),
         intended=None if intended is None else np.frombuffer(intended, dtype=np.int64),
-        window_full=None if window_full is None else np.frombuffer(window_full, dtype=np.int8),
+        window_wait=None if window_wait is None else np.frombuffer(window_wait, dtype=np.int64),
     )
 
 
@@ -148,7 +149,7 @@ def _rtt_table(rec: _Recorded, sched: Schedule, ids: np.ndarray, payload_bytes: 
             "latency_ns": pa.array(sched.latency[order], type=pa.int64()),
             "lag_ns": pa.array(sched.lag[order], type=pa.int64()),
             "warmup": pa.array(sched.warmup[order], type=pa.bool_()),
-            "window_full": pa.array(sched.window_full[order], type=pa.bool_()),
+            "window_wait_ns": pa.array(sched.window_wait[order], type=pa.int64()),
         }
     )
 

@@ -11,12 +11,13 @@ A client keeps at most ``max_in_flight`` messages awaiting their replies. A mess
 the schedule does not move: later messages keep their own intended times. So its latency, from
 the intended send to the reply read (``latency_ns``), holds every moment the server made it wait,
 whereas its RTT from the actual send (``rtt_ns``) does not: the coordinated-omission correction
-(wrk2's). ``lag`` = actual − intended send says how late a send was, and ``window_full`` why:
-
-* True: the window was full at the intended time (the server's backpressure: a measurement);
-* False: the window had room and the loop itself was late (the generator could not keep up, and
-  what it measured is partly its own delay). A send late behind another late send inherits that
-  one's cause: it waited in the same queue.
+(wrk2's). ``lag`` = actual − intended send says how late a send was, and ``window_wait`` how
+much of that lag it spent waiting for room while its client's window was full: the server's
+backpressure, a measurement. The rest of the lag is the generator's own delay (its loop was busy
+or not scheduled): when that part exceeds `msgprof.load.latency.LATE_NS` the generator could not
+keep up, and what it measured is partly itself. The window counts as full from the send that
+filled it until a reply leaves it with room and nothing due to fill it again, so a backlog
+queued behind a full window is the server's however long it lasts.
 
 Replies come in seq order on a connection (docs/protocol.md), so a client's messages in flight are
 a FIFO and each reply must answer its head. What a reply status does (go on, or stop the client)
@@ -62,7 +63,7 @@ class PacedRows(Rows):
     """The closed loop's rows, with each message's intended send time and why it was late."""
 
     intended: array.array = field(default_factory=lambda: array.array("q"))
-    window_full: array.array = field(default_factory=lambda: array.array("b"))
+    window_wait: array.array = field(default_factory=lambda: array.array("q"))
 
 
 class PacedLoop(Loop):
@@ -88,12 +89,11 @@ class PacedLoop(Loop):
         self.length_ns = None if config.duration_s is None else int(config.duration_s * 1e9)
         # One generator for the process, seeded by its ids: a rerun draws the same phases.
         self.rng = random.Random(hash(tuple(self.ids)))
-        #: Per client, the messages awaiting a reply: (seq, intended, t_send, window_full).
-        self.fifo: list[deque[tuple[int, int, int, bool]]] = [deque() for _ in range(n)]
+        #: Per client, the messages awaiting a reply: (seq, intended, t_send, window_wait).
+        self.fifo: list[deque[tuple[int, int, int, int]]] = [deque() for _ in range(n)]
         self.next_intended = [0] * n
         self.schedule_end = [0] * n  # timed: no intended send at or after this
-        self.full_since = [-1] * n  # when the window last filled up
-        self.late_by_window = [False] * n  # the cause of the send that filled it
+        self.full_from = [-1] * n  # since when the window has been full, -1 while it has room
         self.timer_at = [-1] * n  # the timer armed for the next send, -1 if none
         self.started = [-1] * n  # when the schedule began, -1 if it has not
         self.timers: list[tuple[int, int]] = []  # heap of (intended, client index)
@@ -115,7 +115,7 @@ class PacedLoop(Loop):
         self.next_intended[i] = now + int(phase)
         if self.length_ns is not None:
             self.schedule_end[i] = now + self.length_ns
-        self.pump(i, now, freed=False)
+        self.pump(i, now, on_reply=False)
 
     def over(self, i: int) -> bool:
         """True when client `i` has nothing more to send."""
@@ -123,11 +123,11 @@ class PacedLoop(Loop):
             return self.last_seq[i] >= self.count
         return self.next_intended[i] >= self.schedule_end[i]
 
-    def pump(self, i: int, now: int, freed: bool) -> None:
+    def pump(self, i: int, now: int, on_reply: bool) -> None:
         """Send what is due by `now` while the window has room, then arm the next timer.
 
-        `freed`: a reply has just made room, so a due message waited for the window (unless it
-        was already late when the window filled up: then it has that send's cause).
+        `on_reply`: a reply has just made room in a window that was full (`full_from`); a due
+        message sent now waited for it since then.
         """
         fifo = self.fifo[i]
         while len(fifo) < self.window_size:
@@ -143,17 +143,13 @@ class PacedLoop(Loop):
                     self.timer_at[i] = intended
                     heapq.heappush(self.timers, (intended, i))
                 return
-            if freed:
-                by_window = intended >= self.full_since[i] or self.late_by_window[i]
-            else:
-                by_window = False
-            self.send_due(i, intended, by_window)
+            self.send_due(i, intended, on_reply)
         if not self.over(i):
             return
         if not fifo:
             self.finish(i, now)
 
-    def send_due(self, i: int, intended: int, by_window: bool) -> None:
+    def send_due(self, i: int, intended: int, on_reply: bool) -> None:
         """Send the next seq of client `i`, intended at `intended`, and advance its schedule."""
         seq = self.last_seq[i] + 1
         payload = payload_for(self.ids[i], seq, self.config.payload_bytes)
@@ -163,14 +159,15 @@ class PacedLoop(Loop):
             self.stop_client(i, t)
             return
         self.last_seq[i] = seq
+        full_from = self.full_from[i] if on_reply else -1
+        window_wait = t - max(intended, full_from) if full_from >= 0 else 0
         fifo = self.fifo[i]
-        fifo.append((seq, intended, t, by_window))
+        fifo.append((seq, intended, t, max(0, window_wait)))
         self.msg_deadlines.append((t + self.timeout_ns, i, seq))
         if self.first_send < 0:
             self.first_send = t
-        if len(fifo) >= self.window_size:
-            self.full_since[i] = t
-            self.late_by_window[i] = by_window
+        if len(fifo) >= self.window_size and full_from < 0:
+            self.full_from[i] = t  # a new stretch; refilled on a reply, the stretch goes on
         self.next_intended[i] = intended + max(1, int(self.gap()))
 
     # -- hooks of the closed loop --------------------------------------------------------
@@ -198,7 +195,7 @@ class PacedLoop(Loop):
             if self.timer_at[i] != t or self.done[i]:
                 continue  # already sent from a reply, or the client has stopped
             self.timer_at[i] = -1
-            self.pump(i, now, freed=False)
+            self.pump(i, now, on_reply=False)
             self.on_dealer(i)
 
     def next_timer(self, default: int) -> int:
@@ -212,7 +209,7 @@ class PacedLoop(Loop):
             self.first_ack_ns[i] = t - self.t_connect[i]
         fifo = self.fifo[i]
         if not fifo:  # a reply to nothing sent
-            self.record(i, (0, t, t, False), MISMATCH, 0, t)
+            self.record(i, (0, t, t, 0), MISMATCH, 0, t)
             self.stop_client(i, t)
             return
         head = fifo.popleft()
@@ -226,13 +223,15 @@ class PacedLoop(Loop):
         self.record(i, head, code, t - head[2], t)
         if code > DUPLICATE:
             self.stop_client(i, t)
-        else:
-            self.pump(i, t, freed=True)
+            return
+        self.pump(i, t, on_reply=self.full_from[i] >= 0)
+        if len(fifo) < self.window_size:
+            self.full_from[i] = -1  # room, and nothing due to fill it: the stretch ends
 
     def record(
-        self, i: int, message: tuple[int, int, int, bool], code: int, rtt: int, t: int
+        self, i: int, message: tuple[int, int, int, int], code: int, rtt: int, t: int
     ) -> None:
-        seq, intended, t_send, by_window = message
+        seq, intended, t_send, window_wait = message
         rows = self.rows
         rows.index.append(i)
         rows.seq.append(seq)
@@ -240,7 +239,7 @@ class PacedLoop(Loop):
         rows.rtt.append(rtt)
         rows.code.append(code)
         rows.intended.append(intended)
-        rows.window_full.append(by_window)
+        rows.window_wait.append(window_wait)
         self.t_end[i] = t
         if code == OK:
             self.n_acked += 1

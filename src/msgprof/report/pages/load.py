@@ -25,7 +25,10 @@ MESSAGES_STYLE = [
 
 
 def _sweep_or_all(points: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    """The sweep points, or the master steps when the run has no sweep."""
+    """The closed-loop sweep points, or the master steps when the run has none. Paced points
+    have pages of their own (pages.offered): their RTT is no function of the client count."""
+    if "rate_per_client" in points:
+        points = points[points["rate_per_client"].isna()]
     sweep = points[points["phase"] == "sweep"]
     if len(sweep):
         return sweep, "sweep points"

@@ -90,16 +90,17 @@ def behind(configs: pd.DataFrame) -> pd.Series:
 
 def knee(configs: pd.DataFrame, slo_ms: float) -> float | None:
     """The knee of one series of configurations (latency.csv rows): the highest offered rate
-    whose corrected p99 is within `slo_ms` and whose achieved rate is at least KEEP_UP × offered.
-    A configuration with a generator_behind repetition measured the generator, not the server,
-    and never counts. None when no configuration qualifies."""
+    whose corrected p99 is within `slo_ms` and whose achieved rate is at least KEEP_UP × offered,
+    every repetition's verdict ok (as `msgprof knee` judges a probe). A generator_behind
+    repetition measured the generator, not the server; one that lost messages or timed out did
+    not sustain the rate. None when no configuration qualifies."""
     if configs.empty:
         return None
     offered = configs["offered_msgs_per_s"].astype(float)
     good = (
         (configs["latency_p99_us"].astype(float) <= slo_ms * 1e3)
         & (configs["achieved_msgs_per_s"].astype(float) >= KEEP_UP * offered)
-        & ~behind(configs)
+        & (configs["verdicts"].fillna("") == "")
     )
     return float(offered[good].max()) if good.any() else None
 
