@@ -221,6 +221,9 @@ def test_knee_ignores_generator_behind_and_missing_values() -> None:
     assert offered.knee(bumpy, 10) == 400
     both = _configs([100, 200], [100, 200], [1e3, 1e3], ["ok", "data_loss;generator_behind"])
     assert offered.knee(both, 10) == 100
+    # every repetition must be ok (latency.csv leaves the verdicts empty then), as msgprof knee
+    failed = _configs([100, 200, 400], [100, 200, 400], [1e3, 1e3, 1e3], ["", "", "timeouts"])
+    assert offered.knee(failed, 10) == 200
 
 
 def test_slo_comes_from_the_run_config_else_ten_ms(tmp_path: Path) -> None:

@@ -83,6 +83,10 @@ def slo_p99_ms(run_dir: Path) -> float:
     return DEFAULT_SLO_P99_MS
 
 
+#: The verdicts of a configuration whose repetitions were all ok (latency.csv leaves it empty).
+OK = {"", "ok"}
+
+
 def behind(configs: pd.DataFrame) -> pd.Series:
     """Per configuration: True when a repetition's verdict is generator_behind."""
     return configs["verdicts"].fillna("").str.split(";").map(lambda names: BEHIND in names)
@@ -100,7 +104,7 @@ def knee(configs: pd.DataFrame, slo_ms: float) -> float | None:
     good = (
         (configs["latency_p99_us"].astype(float) <= slo_ms * 1e3)
         & (configs["achieved_msgs_per_s"].astype(float) >= KEEP_UP * offered)
-        & (configs["verdicts"].fillna("") == "")
+        & configs["verdicts"].fillna("").str.split(";").map(lambda names: set(names) <= OK)
     )
     return float(offered[good].max()) if good.any() else None
 
