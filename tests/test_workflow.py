@@ -24,6 +24,8 @@ TINY = {
     "run": "tiny",
     "sweep": {"clients": [3, 150], "messages": [4], "repetitions": 1, "payload_bytes": 32},
     "master": {"enabled": True, "steps": ["2x3", "4x5"]},
+    # one paced point, timed, and a paced sweep twin of every sweep point (counted)
+    "paced": {"clients": [3], "rate": [40], "duration_s": 1.5, "warmup_s": 0.3},
     "server": {"backlog": 16, "max_open_files": 16, "rlimit_nofile": 200},
     "client": {"processes": 1, "timeout_s": 2, "connect_timeout_s": 3, "deadline_s": 30},
 }
@@ -80,8 +82,13 @@ def test_outputs_columns_and_pdf(tiny_run):
                    "server_peak_rss_mb"):  # fmt: skip
         assert column in points.columns, column
     assert set(points["phase"]) == {"sweep", "ramp_up", "ramp_down"}
-    assert len(points) == 2 + 4
-    small = points[(points["phase"] == "sweep") & (points["clients"] == 3)].iloc[0]
+    assert len(points) == 2 + 1 + 4
+    paced = points[points["point"] == "3-1.5s-r40-1"].iloc[0]
+    assert paced["offered_msgs_per_s"] == 120 and pd.isna(paced["messages"])
+    assert paced["measured_sends"] > 0 and paced["latency_p99_us"] > 0
+    latency = pd.read_csv(run / "latency.csv")
+    assert list(latency["points"]) == ["3-1.5s-r40-1"]
+    small = points[points["point"] == "3-4-1"].iloc[0]
     assert small["verdict"] == "ok" and small["acked"] == 12 and small["lost"] == 0
     assert len(analysis[analysis["point"] == small["point"]]) == 3
     manifest = json.loads((run / "manifest.json").read_text())
