@@ -30,6 +30,7 @@ from msgprof.setting import (
     flag,
     non_negative_float,
     non_negative_int,
+    option_words,
     path,
     positive_float,
     positive_int,
@@ -444,8 +445,9 @@ def _names(model: type) -> tuple[str, ...]:
 
 _PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
 _RUN_OPTIONS = (
-    *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s", "data_dir",
-    "start", "keep_queues", "strict", "curve", "out", "launcher", "bind", *_names(ServerOptions),
+    *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
+    "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
+    *_names(ServerOptions),
 )  # fmt: skip
 _SERVER = (
     "data_dir", "ready_file", "bind", "max_sockets", "stats_out", "heartbeat_ms",
@@ -491,8 +493,5 @@ def command_argv(command: str, config: Any, **per_run: Any) -> list[str]:
     argv = [command]
     for name, _default, how in options(command):
         value = per_run[name] if name in per_run else getattr(config, name, None)
-        if how.parse is None:
-            argv += [flag(name)] if value else []
-        elif value is not None:
-            argv += [flag(name), how.show(value)]
+        argv += option_words(name, value, how)
     return argv

@@ -105,6 +105,14 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def option_words(name: str, value: Any, how: Setting) -> list[str]:
+    """How setting `name` holding `value` is said on a command line: its flag when a switch is
+    on, flag and value for an option that has one, nothing otherwise (the child's default)."""
+    if how.parse is None:
+        return [flag(name)] if value else []
+    return [] if value is None else [flag(name), how.show(value)]
+
+
 def settings_of(model: Any) -> dict[str, tuple[Field, Setting]]:
     """The fields of a model (class or instance) that are settings, by name."""
     return {f.name: (f, f.metadata["setting"]) for f in fields(model) if "setting" in f.metadata}

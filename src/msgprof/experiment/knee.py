@@ -45,7 +45,7 @@ from msgprof.experiment.bisection import STOP_RATIO, Bisection, three_figures
 from msgprof.setting import (
     Checked,
     Setting,
-    flag,
+    option_words,
     path,
     positive,
     positive_float,
@@ -160,11 +160,7 @@ def knee_argv(point: PointConfig, search: KneeSearch, out: Path, strict: bool = 
     values |= asdict(search) | {"out": out, "strict": strict}
     argv = ["knee"]
     for name, _default, how in options():
-        value = values[name]
-        if how.parse is None:
-            argv += [flag(name)] if value else []
-        elif value is not None:
-            argv += [flag(name), how.show(value)]
+        argv += option_words(name, values[name], how)
     return argv
 
 
