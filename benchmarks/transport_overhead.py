@@ -1,33 +1,46 @@
 #!/usr/bin/env python3
 """Where does the round trip go? Transport floor vs protocol handling vs storage, in one run.
 
-Drives five servers with the same `msgprof client` processes, one after another, in rounds:
+Drives six servers with the same `msgprof client` processes, one after another, in rounds:
 
-  echo     a plain pyzmq ROUTER that turns each request header into an ACK (transport floor)
+  bare     benchmarks/bare_server.py: protocol v1 and nothing else, sharing no code with msgprof
+           (the baseline of every ratio)
+  echo     a plain pyzmq ROUTER that turns each request header into an ACK
   none     `msgprof server --store none` (protocol and sequence checks, no storage)
   buffer   `msgprof server --ack-after buffer`
   write    `msgprof server --ack-after write`
   fsync    `msgprof server --ack-after fsync` (group commit)
 
 and prints median and p99 RTT at 1 client and throughput at 100 clients for each, with ratios to
-the `none` row (the baseline measured in the same run). On a shared, noisy machine one run
-proves little, so each ratio is taken within a round (the servers of a round run back to back,
-in alternating order) and the table shows the median over rounds of those paired ratios.
-It also prints the server's CPU time per message at 100 clients (all its threads, over the
-clients' run), which says what storing costs independently of how busy the host is.
+`bare` measured in the same run. On a shared, noisy machine one run proves little, so each ratio
+is taken within a round (the servers of a round run back to back, in alternating order) and the
+table shows the median over rounds of those paired ratios. It also prints the server's CPU time
+per message at 100 clients (all its threads, over the clients' run), which says what storing
+costs independently of how busy the host is.
 
-    python benchmarks/transport_overhead.py              # the table, ~3.5 minutes on 2 cores
+When `cc` and zmq.h are present, a C client (benchmarks/c/) also measures the RTT at 1 client of
+`bare`, `write` and `proxy` (libzmq's `zmq.proxy(router, router)`, which sends each request back
+to its sender unchanged: the transport floor, which `msgprof client` cannot measure since it
+refuses a DATA frame as reply). The C client has no interpreter in its timing, so
+`client/C p50` = msgprof client p50 / C client p50 against the same server says what the Python
+client adds to an RTT. Without cc or zmq.h those columns and the proxy row are skipped with the
+reason printed.
+
+    python benchmarks/transport_overhead.py              # the table, ~4 minutes on 2 cores
     python benchmarks/transport_overhead.py --markdown   # the same as a Markdown table
 
-Targets checked at the end: write/none RTT ratio <= 1.2, write/none throughput ratio >= 0.9,
+Targets checked at the end: write/bare RTT ratio <= 1.2, write/bare throughput ratio >= 0.9,
 fsync throughput >= 0.5 x write. Exit status 0 either way: this reports, it does not gate.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -44,12 +57,18 @@ from msgprof.experiment.clients import read_client_docs, run_client_processes
 from msgprof.experiment.lifecycle import ChildProcesses, server_argv, wait_ready
 from msgprof.experiment.summary import load_window
 
-TARGETS = ("echo", "none", "buffer", "write", "fsync")
-BASELINE = "none"
+BENCH_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH_DIR / "c"))
+from build import build_c_client  # noqa: E402
+
+TARGETS = ("bare", "echo", "none", "buffer", "write", "fsync")  # measured by msgprof client
+C_TARGETS = ("bare", "write", "proxy")  # RTT at 1 client measured by the C client
+BASELINE = "bare"
+ALL_TARGETS = (*TARGETS, *(t for t in C_TARGETS if t not in TARGETS))
 
 
 def serve_echo(ready: Path) -> None:
-    """The transport floor: answer each request by flipping its header's type byte to ACK."""
+    """Answer each request by flipping its header's type byte to ACK (no sequence checks)."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.BACKLOG, 1024)
@@ -71,38 +90,64 @@ def serve_echo(ready: Path) -> None:
     ctx.term()
 
 
-def run_load(target: str, clients: int, messages: int, processes: int, tmp: Path) -> dict:
-    """Start `target`, run the clients against it, stop it; return RTT quantiles and throughput."""
-    work = tmp / "work"
-    work.mkdir(parents=True)
-    config = PointConfig(
+def serve_proxy(ready: Path) -> None:
+    """The transport floor: libzmq's own loop routes each request back to its sender unchanged.
+    SIGTERM's default action ends the process (zmq.proxy never returns)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    sock.bind("tcp://127.0.0.1:0")
+    atomic.write_text(ready, sock.getsockopt_string(zmq.LAST_ENDPOINT) + "\n")
+    zmq.proxy(sock, sock)
+
+
+def _target_argv(target: str, config: PointConfig, tmp: Path, work: Path) -> list[str]:
+    if target == "bare":
+        return [sys.executable, str(BENCH_DIR / "bare_server.py"), str(work / "ready")]
+    if target in ("echo", "proxy"):
+        return [sys.executable, __file__, f"--serve-{target}", str(work / "ready")]
+    return server_argv(config, tmp / "queues", work)
+
+
+def _config(target: str, clients: int, messages: int, processes: int) -> PointConfig:
+    return PointConfig(
         clients=clients,
         messages=messages,
         processes=processes,
-        store="none" if target in ("echo", "none") else "file",
+        store="file" if target in ("buffer", "write", "fsync") else "none",
         ack_after=target if target in ("buffer", "write", "fsync") else "write",
         timeout_s=10,
         deadline_s=300,
     )
-    if target == "echo":
-        argv = [sys.executable, __file__, "--serve-echo", str(work / "ready")]
-    else:
-        argv = server_argv(config, tmp / "queues", work)
+
+
+@contextlib.contextmanager
+def serving(target: str, config: PointConfig, tmp: Path):
+    """Start `target`'s server; yield (endpoint, its psutil.Process, the ChildProcesses to start
+    clients with); stop it with SIGTERM on success and kill everything left in any case."""
+    work = tmp / "work"
+    work.mkdir(parents=True)
     procs = ChildProcesses()
-    problems: list[str] = []
     try:
-        server = procs.start("server", argv, tmp / "server.log")
+        server = procs.start("server", _target_argv(target, config, tmp, work), tmp / "server.log")
         endpoint = wait_ready(work / "ready", server, 60)
         if endpoint is None:
             raise RuntimeError(f"{target} server did not start: {(tmp / 'server.log').read_text()}")
-        server_ps = psutil.Process(server.pid)
-        cpu_before = server_ps.cpu_times()
-        started = run_client_processes(config, endpoint, work, tmp, procs, problems)
-        cpu_after = server_ps.cpu_times()
+        yield endpoint, psutil.Process(server.pid), procs
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
     finally:
         procs.kill_all()
+
+
+def run_load(target: str, clients: int, messages: int, processes: int, tmp: Path) -> dict:
+    """Start `target`, run msgprof clients against it, stop it; RTT quantiles and throughput."""
+    config = _config(target, clients, messages, processes)
+    work = tmp / "work"
+    problems: list[str] = []
+    with serving(target, config, tmp) as (endpoint, server_ps, procs):
+        cpu_before = server_ps.cpu_times()
+        started = run_client_processes(config, endpoint, work, tmp, procs, problems)
+        cpu_after = server_ps.cpu_times()
     if problems:
         raise RuntimeError(f"{target}: {problems}; see {tmp}")
     docs = read_client_docs(work, started)
@@ -121,73 +166,135 @@ def run_load(target: str, clients: int, messages: int, processes: int, tmp: Path
         "client_cpu": max(doc.get("cpu_utilization", 0.0) for doc in docs),
         # all the server's threads (its own and libzmq's), over the clients' run only
         "server_cpu_us": (cpu_after.user + cpu_after.system - cpu_before.user - cpu_before.system)
-        / acked * 1e6,
+        / acked
+        * 1e6,
     }
 
 
-def _paired_ratio(rows: list[dict], base_rows: list[dict], key: str) -> float:
-    """Median over rounds of rows[i][key] / base_rows[i][key]: each ratio compares two servers
-    measured minutes apart at most, so slow drift of a shared machine cancels out."""
-    return statistics.median(row[key] / base[key] for row, base in zip(rows, base_rows, strict=True))
+def run_c_rtt(binary: Path, target: str, messages: int, payload_bytes: int, tmp: Path) -> dict:
+    """One C client, closed loop, against a fresh `target` server; its exact RTT p50 and p99."""
+    config = _config(target, 1, messages, 1)
+    mode = "echo" if target == "proxy" else "ack"
+    with serving(target, config, tmp) as (endpoint, _, _):
+        argv = [str(binary), endpoint, str(messages), str(payload_bytes), mode]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"C client against {target}: {done.stderr.strip()}")
+    doc = json.loads(done.stdout)
+    return {"c_p50_us": doc["rtt_p50_us"], "c_p99_us": doc["rtt_p99_us"]}
+
+
+def _paired_ratio(
+    rows: list[dict], base_rows: list[dict], key: str, base_key: str | None = None
+) -> float:
+    """Median over rounds of rows[i][key] / base_rows[i][base_key or key]: each ratio compares two
+    figures measured minutes apart at most, so slow drift of a shared machine cancels out."""
+    base_key = base_key or key
+    return statistics.median(
+        row[key] / base[base_key] for row, base in zip(rows, base_rows, strict=True)
+    )
 
 
 def _parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--serve-echo", metavar="READY_FILE", help=argparse.SUPPRESS)
-    parser.add_argument("--rounds", type=int, default=5, help="rounds over all targets (median taken)")
-    parser.add_argument("--rtt-messages", type=int, default=3000, help="messages of the 1-client run")
+    parser.add_argument("--serve-proxy", metavar="READY_FILE", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds over all targets (median taken)"
+    )
+    parser.add_argument(
+        "--rtt-messages", type=int, default=3000, help="messages of the 1-client run"
+    )
     parser.add_argument("--clients", type=int, default=100, help="clients of the throughput run")
-    parser.add_argument("--messages", type=int, default=1000, help="messages per client, throughput run")
+    parser.add_argument(
+        "--messages", type=int, default=1000, help="messages per client, throughput run"
+    )
     parser.add_argument("--processes", type=int, default=2, help="client processes, throughput run")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     return parser.parse_args()
 
 
-def _run_rounds(args: argparse.Namespace) -> dict[str, list[dict]]:
-    """Every target in every round (alternating order), each round's figures per target."""
-    results: dict[str, list[dict]] = {t: [] for t in TARGETS}
+def _measure(target: str, args: argparse.Namespace, c_client: Path | None, tmp: Path) -> dict:
+    """One target's figures of one round: msgprof client's and the C client's, where they apply."""
+    figures: dict = {}
+    if target in TARGETS:
+        single = run_load(target, 1, args.rtt_messages, 1, tmp / "rtt")
+        many = run_load(target, args.clients, args.messages, args.processes, tmp / "tput")
+        figures.update({key: single[key] for key in ("p50_us", "p99_us")})
+        figures.update({key: many[key] for key in ("msgs_per_s", "client_cpu", "server_cpu_us")})
+    if c_client is not None and target in C_TARGETS:
+        payload_bytes = _config(target, 1, 1, 1).payload_bytes
+        figures.update(run_c_rtt(c_client, target, args.rtt_messages, payload_bytes, tmp / "c-rtt"))
+    return figures
+
+
+def _run_rounds(args: argparse.Namespace) -> tuple[dict[str, list[dict]], bool]:
+    """Every target in every round (alternating order), each round's figures per target; and
+    whether the C client ran."""
     with tempfile.TemporaryDirectory(prefix="msgprof-bench-") as tmpdir:
+        c_client, why = build_c_client(Path(tmpdir))
+        if c_client is None:
+            print(f"C client rows skipped: {why}", file=sys.stderr, flush=True)
+        targets = ALL_TARGETS if c_client is not None else TARGETS
+        results: dict[str, list[dict]] = {t: [] for t in targets}
         for round_no in range(args.rounds):
-            order = TARGETS if round_no % 2 == 0 else tuple(reversed(TARGETS))
+            order = targets if round_no % 2 == 0 else tuple(reversed(targets))
             for target in order:
-                tmp = Path(tmpdir) / f"{round_no}-{target}"
-                single = run_load(target, 1, args.rtt_messages, 1, tmp / "rtt")
-                many = run_load(target, args.clients, args.messages, args.processes, tmp / "tput")
-                results[target].append(
-                    {"p50_us": single["p50_us"], "p99_us": single["p99_us"],
-                     "msgs_per_s": many["msgs_per_s"], "client_cpu": many["client_cpu"],
-                     "server_cpu_us": many["server_cpu_us"]}
-                )  # fmt: skip
-                print(
-                    f"round {round_no + 1}/{args.rounds} {target:6s} p50 {single['p50_us']:7.1f} us  "
-                    f"p99 {single['p99_us']:7.1f} us  {many['msgs_per_s']:8.0f} msg/s  "
-                    f"server CPU {many['server_cpu_us']:5.1f} us/msg",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    return results
+                figures = _measure(target, args, c_client, Path(tmpdir) / f"{round_no}-{target}")
+                results[target].append(figures)
+                print(f"round {round_no + 1}/{args.rounds} {target:6s} "
+                      + "  ".join(f"{k} {v:.3g}" for k, v in figures.items()),
+                      file=sys.stderr, flush=True)  # fmt: skip
+    return results, c_client is not None
 
 
-def _medians(results: dict[str, list[dict]]) -> tuple[dict[str, dict], float]:
+def _medians(results: dict[str, list[dict]], with_c: bool) -> tuple[dict[str, dict], float]:
     """Per target the medians over rounds and the paired ratios to the baseline; and the
     paired fsync/write throughput ratio."""
-    table = {t: {k: statistics.median(r[k] for r in rows) for k in rows[0]} for t, rows in results.items()}
+    table = {
+        t: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        for t, rows in results.items()
+    }
     for t in TARGETS:
         table[t]["p50_ratio"] = _paired_ratio(results[t], results[BASELINE], "p50_us")
         table[t]["tput_ratio"] = _paired_ratio(results[t], results[BASELINE], "msgs_per_s")
+    if with_c:
+        for t in C_TARGETS:
+            table[t]["c_p50_ratio"] = _paired_ratio(results[t], results[BASELINE], "c_p50_us")
+            if t in TARGETS:
+                table[t]["client_over_c"] = _paired_ratio(
+                    results[t], results[t], "p50_us", "c_p50_us"
+                )
     fsync_write = _paired_ratio(results["fsync"], results["write"], "msgs_per_s")
     return table, fsync_write
 
 
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return format(row[key], fmt) if key in row else "—"
+
+
+COLUMNS = (  # (header, key, format); {clients} is filled in
+    ("RTT p50 µs", "p50_us", ".1f"),
+    ("RTT p99 µs", "p99_us", ".1f"),
+    ("p50 ratio", "p50_ratio", ".2f"),
+    ("C RTT p50 µs", "c_p50_us", ".1f"),
+    ("C RTT p99 µs", "c_p99_us", ".1f"),
+    ("C p50 ratio", "c_p50_ratio", ".2f"),
+    ("client/C p50", "client_over_c", ".2f"),
+    ("msg/s @{clients}", "msgs_per_s", ".0f"),
+    ("tput ratio", "tput_ratio", ".2f"),
+    ("server CPU µs/msg", "server_cpu_us", ".1f"),
+    ("client CPU", "client_cpu", ".0%"),
+)
+
+
 def _print_table(table: dict[str, dict], clients: int, markdown: bool) -> None:
-    header = ("server", "RTT p50 µs", "RTT p99 µs", "p50 ratio", f"msg/s @{clients}", "tput ratio",
-              "server CPU µs/msg", "client CPU")  # fmt: skip
-    lines = []
-    for t in TARGETS:
-        row = table[t]
-        lines.append((t, f"{row['p50_us']:.1f}", f"{row['p99_us']:.1f}", f"{row['p50_ratio']:.2f}",
-                      f"{row['msgs_per_s']:.0f}", f"{row['tput_ratio']:.2f}", f"{row['server_cpu_us']:.1f}",
-                      f"{row['client_cpu']:.0%}"))  # fmt: skip
+    with_c = any("c_p50_us" in row for row in table.values())
+    columns = [c for c in COLUMNS if with_c or not c[1].startswith(("c_", "client_over"))]
+    header = ("server", *(h.format(clients=clients) for h, _, _ in columns))
+    lines = [(t, *(_cell(row, key, fmt) for _, key, fmt in columns)) for t, row in table.items()]
     if markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "|".join("---:" if i else "---" for i in range(len(header))) + "|")
@@ -203,13 +310,14 @@ def _print_checks(table: dict[str, dict], fsync_write: float, rounds: int) -> No
     """The targets of the module docstring, each met or MISSED."""
     write = table["write"]
     checks = [
-        ("write/none RTT p50 ratio", write["p50_ratio"], "<=", 1.2),
-        ("write/none throughput ratio", write["tput_ratio"], ">=", 0.9),
+        (f"write/{BASELINE} RTT p50 ratio", write["p50_ratio"], "<=", 1.2),
+        (f"write/{BASELINE} throughput ratio", write["tput_ratio"], ">=", 0.9),
         ("fsync/write throughput ratio", fsync_write, ">=", 0.5),
     ]
     print(
         f"\nmedians of {rounds} rounds; each ratio is the median over rounds of the ratio to "
-        f"'{BASELINE}' measured in the same round"
+        f"'{BASELINE}' measured in the same round (C columns: by the C client, 1 client; "
+        "client/C p50: msgprof client over C client against the same server, same round)"
     )
     for text, value, op, target in checks:
         ok = value <= target if op == "<=" else value >= target
@@ -221,8 +329,11 @@ def main() -> int:
     if args.serve_echo:
         serve_echo(Path(args.serve_echo))
         return 0
-    results = _run_rounds(args)
-    table, fsync_write = _medians(results)
+    if args.serve_proxy:
+        serve_proxy(Path(args.serve_proxy))
+        return 0
+    results, with_c = _run_rounds(args)
+    table, fsync_write = _medians(results, with_c)
     _print_table(table, args.clients, args.markdown)
     _print_checks(table, fsync_write, args.rounds)
     return 0
