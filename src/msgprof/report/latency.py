@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 from hdrh.histogram import HdrHistogram
@@ -88,26 +88,47 @@ TABLE_INTS = (
 )
 
 
-def read_intervals(point_dir: Path | str) -> list[histlog.Interval]:
-    """The intervals of a point's latency.hlog; none, with a warning, when it is missing or
+T = TypeVar("T")
+
+
+def _guarded(point_dir: Path, read: Callable[[Path], T]) -> T | None:
+    """`read(point_dir/latency.hlog)`, or None with a warning when the log is missing or
     damaged (runs made before the log existed have none)."""
-    path = Path(point_dir) / HLOG
+    path = point_dir / HLOG
     try:
-        return histlog.read_log(path)
+        return read(path)
     except FileNotFoundError:
         log.warning("%s: %s missing, no latency histograms from it", point_dir, HLOG)
     except (OSError, ValueError) as err:
         log.warning("%s: %s unreadable (%s), no latency histograms from it", point_dir, HLOG, err)
-    return []
+    return None
+
+
+def read_intervals(point_dir: Path | str) -> list[histlog.Interval]:
+    """The intervals of a point's latency.hlog; none when it is missing or damaged."""
+    return _guarded(Path(point_dir), histlog.read_log) or []
+
+
+def _log_sums(point_dir: Path, tags: Iterable[str]) -> dict[str, HdrHistogram]:
+    """Per tag, the sum of one point's log, read an interval at a time (a long point's log is
+    never held whole); empty when it is missing or damaged, never a part of it."""
+
+    def read(path: Path) -> dict[str, HdrHistogram]:
+        sums = {tag: histlog.new_histogram() for tag in tags}
+        for item in histlog.iter_log(path):
+            if item.tag in sums:
+                sums[item.tag].add(item.hist)
+        return sums
+
+    return _guarded(point_dir, read) or {}
 
 
 def _sums(point_dirs: Iterable[Path | str], tags: Iterable[str]) -> dict[str, HdrHistogram]:
-    """Per tag, the sum of every interval of every directory's log, one log read at a time."""
+    """Per tag, the sum of every interval of every directory's log."""
     totals = {tag: histlog.new_histogram() for tag in tags}
-    for path in point_dirs:
-        items = read_intervals(path)
-        for tag, total in totals.items():
-            total.add(histlog.merge(items, tag))
+    for point_dir in point_dirs:
+        for tag, hist in _log_sums(Path(point_dir), totals).items():
+            totals[tag].add(hist)
     return totals
 
 
