@@ -94,6 +94,7 @@ def test_cancelling_the_workflow_leaves_no_msgprof_process(tmp_path):
         "run": "cancelled",
         "sweep": {"clients": [20], "messages": [1000000], "repetitions": 1},
         "master": {"enabled": False},
+        "paced": {"clients": []},
         "client": {"processes": 2, "deadline_s": 300},
     }
     (tmp_path / "config").mkdir()

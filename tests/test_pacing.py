@@ -65,6 +65,7 @@ def test_paced_schedule_and_columns(tmp_path: Path) -> None:
     assert (rtt.lag_ns >= 0).all()
     assert (rtt.latency_ns == rtt.t_send_ns + rtt.rtt_ns - rtt.intended_ns).all()
     assert summary["paced"] and summary["offered_msgs_per_s"] == 300.0
+    assert 240 < summary["achieved_msgs_per_s"] < 360  # this process's own, over its window
     assert summary["warmup_messages"] == int(rtt.warmup.sum()) > 0
     assert summary["measured_sends"] == 120 - summary["warmup_messages"]
     assert summary["late_generator"] <= 1  # an idle host keeps a 100/s schedule
@@ -230,6 +231,9 @@ def test_achieved_counts_measured_replies_in_the_window() -> None:
     assert window_s == 2.0
     assert rate == 1.0  # 2 of the 4 OK replies: not the warm-up one, not the one read at 3.1 s
     assert achieved(rtt, [{"measured_start_ns": None}]) == (None, 0.0)
+    # Processes on other hosts share no clock: their own rates add up.
+    docs[0]["achieved_msgs_per_s"], docs[1]["achieved_msgs_per_s"] = 2.5, 3.0
+    assert achieved(rtt, docs, shared_clock=False) == (5.5, 2.2)
 
 
 def test_overload_is_the_servers_backpressure_not_the_generator(tmp_path: Path) -> None:

@@ -52,10 +52,13 @@ def latency_quantiles(items: list[histlog.Interval]) -> dict[str, Any]:
     return out
 
 
-def achieved(rtt: pa.Table | None, docs: list[dict[str, Any]]) -> tuple[float | None, float]:
+def achieved(
+    rtt: pa.Table | None, docs: list[dict[str, Any]], shared_clock: bool = True
+) -> tuple[float | None, float]:
     """(messages per second, window seconds): the OK replies to measured (not warm-up)
     messages read while every client of every process was on its schedule past warm-up,
-    divided by the length of that window.
+    divided by the length of that window. Processes on other hosts share no clock: their own
+    rates (each over its own window) are added up instead, and the window is the longest.
 
     Replies to warm-up messages are left out, so a backlog built during warm-up cannot make the
     rate look higher than offered; a server that falls behind answers fewer of the window's
@@ -64,6 +67,9 @@ def achieved(rtt: pa.Table | None, docs: list[dict[str, Any]]) -> tuple[float | 
     ends = [d.get("measured_end_ns") for d in docs]
     if rtt is None or not docs or not all(starts) or not all(ends):
         return None, 0.0
+    if not shared_clock:
+        rates = [d.get("achieved_msgs_per_s") or 0.0 for d in docs]
+        return sum(rates), max(e - s for s, e in zip(starts, ends, strict=True)) / 1e9
     lo, hi = max(starts), min(ends)
     if hi <= lo:
         return None, 0.0
@@ -107,9 +113,11 @@ def offered_summary(
     rtt: pa.Table | None,
     docs: list[dict[str, Any]],
     items: list[histlog.Interval],
+    shared_clock: bool = True,
 ) -> dict[str, Any]:
-    """point.json's keys on offered load and latency."""
-    rate, window_s = achieved(rtt, docs) if config.paced else (None, 0.0)
+    """point.json's keys on offered load and latency (`shared_clock`: whether the client
+    processes stamp on one host's CLOCK_MONOTONIC, msgprof.experiment.launch)."""
+    rate, window_s = achieved(rtt, docs, shared_clock) if config.paced else (None, 0.0)
     return {
         "paced": config.paced,
         "rate_per_client": config.rate,

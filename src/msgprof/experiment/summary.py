@@ -195,12 +195,13 @@ def write_point(
         atomic.write_parquet(out_dir / "resources.parquet", resources)
     document = summarise(config, started, timings, problems, server_stats, load.docs, check)
     launcher = launch.describe(config)
-    rate = throughput(load.rtt, load.docs, launcher.get("shared_clock", True))
+    shared_clock = launcher.get("shared_clock", True)
+    rate = throughput(load.rtt, load.docs, shared_clock)
     document.update(
         {f"throughput_{k}" if k != "msgs_per_s" else "throughput_msgs_per_s": v
          for k, v in rate.items()}
     )  # fmt: skip
-    document.update(offered_summary(config, load.rtt, load.docs, load.histograms))
+    document.update(offered_summary(config, load.rtt, load.docs, load.histograms, shared_clock))
     document["server"]["resources"] = resource_summary(resources)
     document["launcher"] = launcher
     document.update(extra or {})

@@ -89,7 +89,7 @@ def write_outputs(
     summary = {
         **_played(config, loop, rec, counts),
         **_timing(loop, counts, usage["wall_s"]),
-        **schedule_summary(config, rec.code, rec.index, sched, loop.n),
+        **schedule_summary(config, rec.code, rec.index, rec.t_send, rec.rtt, sched, loop.n),
         **_cpu(usage),
         **_limits(config, loop, capacity),
     }
