@@ -158,6 +158,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--name", required=True, help="base name of the key files, e.g. server or client1"
     )
 
+    _add_calibrate(sub)
+
     for name, text in (
         ("analyze", "aggregate a run directory into analysis, points, resources and limits CSVs"),
         ("report", "draw a run directory's profiling PDF (msg_proc_profiling.pdf)"),
@@ -194,6 +196,26 @@ def _add_knee(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_options(cmd, knee.options())
+
+
+def _add_calibrate(sub: Any) -> None:
+    from msgprof.experiment.calibrate import DEFAULT_MESSAGES
+
+    cmd = sub.add_parser(
+        "calibrate",
+        help="measure the load generator's own RTT floor on this host (calibration.json)",
+        description="Time `msgprof client --echo` against libzmq's proxy, which sends each "
+        "request back unchanged, at 1 client and at 100 clients: RTTs near this floor are the "
+        "load generator's own cost, not the server's. Writes OUT/calibration.json.",
+    )
+    cmd.add_argument("--out", type=Path, required=True, help="the run directory (created)")
+    cmd.add_argument(
+        "--messages",
+        type=int,
+        default=DEFAULT_MESSAGES,
+        help="messages of the 1-client case; each of the 100 clients sends a tenth of it. "
+        "Default: %(default)s",
+    )
 
 
 def _model(args: argparse.Namespace, **fields: Any) -> Any:
@@ -263,6 +285,18 @@ def _exit_code(result: dict, strict: bool) -> int:
     return 1 if strict and result["verdict"] != "ok" else 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from msgprof.experiment.calibrate import CalibrationError, calibrate
+
+    try:
+        doc = calibrate(args.out, args.messages)
+    except CalibrationError as err:
+        logging.getLogger("msgprof.calibrate").error("%s", err)
+        return 1
+    print(f"{args.out / 'calibration.json'}: floor RTT p50 {doc['floor_rtt_p50_us']:.1f} us")
+    return 0
+
+
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from msgprof.report.analysis import write_tables
 
@@ -300,6 +334,7 @@ _COMMANDS = {
     "master": _cmd_master,
     "knee": _cmd_knee,
     "keygen": _cmd_keygen,
+    "calibrate": _cmd_calibrate,
     "analyze": _cmd_analyze,
     "report": _cmd_report,
 }

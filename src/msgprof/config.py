@@ -316,6 +316,11 @@ class ClientConfig(LoadOptions):
         "(OK or DUPLICATE) or --deadline-s passes; for crash-recovery runs. Default: a timeout "
         "stops the client",
     )
+    #: Echo mode: the peer sends each request back unchanged (msgprof calibrate's proxy).
+    echo: bool = switch(
+        help="the peer echoes each request unchanged (msgprof calibrate's proxy): a reply that "
+        "repeats the message in flight counts as its ack",
+    )
     #: CURVE: this client's secret certificate and the server's public certificate (both or
     #: neither). All clients of the process use the one key pair.
     curve_secret: Path | None = path(
@@ -334,6 +339,10 @@ class ClientConfig(LoadOptions):
         problem = self.pacing_problem(self.messages)
         if problem is None and self.rate is not None and self.resend:
             problem = "--resend is for closed-loop crash runs; it does not go with --rate"
+        if problem is None and self.rate is not None and self.echo:
+            problem = (
+                "--echo is for the closed loop (msgprof calibrate); it does not go with --rate"
+            )
         if problem is not None:
             raise ValueError(problem)
 
@@ -455,7 +464,7 @@ _SERVER = (
 )  # fmt: skip
 _CLIENT = (
     "endpoint", "client_ids", "messages", *_names(LoadOptions), "connect_window", "event_loop",
-    "max_sockets", "resend", "curve_secret", "curve_server_key", "out",
+    "max_sockets", "resend", "echo", "curve_secret", "curve_server_key", "out",
 )  # fmt: skip
 COMMANDS = {
     "server": Command(ServerConfig, _SERVER),

@@ -21,6 +21,7 @@ import zmq
 
 from msgprof.config import ClientConfig
 from msgprof.load.capacity import Capacity
+from msgprof.load.echo import decode_echo
 from msgprof.load.sockets import HWM, open_client
 from msgprof.load.statuses import DUPLICATE, INVALID_ACK, MISMATCH, OK, TIMEOUT
 from msgprof.load.waiters import make_waiter
@@ -132,6 +133,8 @@ class Loop:
         self.precise = False
         #: The DEALERs' high-water marks: room for the whole in-flight window, twice over.
         self.hwm = max(HWM, 2 * config.max_in_flight)
+        #: How a reply is read: an ACK, or in echo mode the request sent back (chosen once).
+        self.decode_reply = decode_echo if config.echo else decode_ack
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -361,7 +364,7 @@ class Loop:
         if self.first_ack_ns[i] < 0:
             self.first_ack_ns[i] = t - self.t_connect[i]
         try:
-            ack = decode_ack(frames)
+            ack = self.decode_reply(frames)
         except ValueError:
             code = INVALID_ACK
         else:
