@@ -12,6 +12,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/master.smk"
+include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/knee.smk"
 

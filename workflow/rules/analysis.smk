@@ -4,6 +4,7 @@
 rule analysis:
     input:
         measured_outputs(),
+        rules.calibrate.output,
     output:
         analysis=report(
             f"{RESULTS}/analysis.csv",
@@ -57,6 +58,7 @@ rule manifest:
 rule profiling_pdf:
     input:
         rules.analysis.output,
+        rules.calibrate.output,
         rules.manifest.output.manifest,
     output:
         report(
