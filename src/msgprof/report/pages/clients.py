@@ -17,6 +17,7 @@ from msgprof.report.pages.base import (
     log_if_wide,
     note,
 )
+from msgprof.report.pages.floor import draw_floor
 
 
 def _client_panel(report: Report, ax: Any, points: pd.DataFrame, column: str, unit: str) -> None:
@@ -48,6 +49,8 @@ def _client_panel(report: Report, ax: Any, points: pd.DataFrame, column: str, un
         note(ax, f"no {column} values in these points")
         return
     log_if_wide(ax, pd.concat(values))
+    if column.startswith("rtt_"):
+        draw_floor(ax, report.run_dir)
     if (points["phase"] == "sweep").all():  # every point starts at id 1: let small ones show
         log_if_wide(ax, points["clients"], "x")
     ax.set_xlabel("client id")

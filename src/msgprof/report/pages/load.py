@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from msgprof.report.pages.base import Report, log_if_wide, note
+from msgprof.report.pages.floor import draw_floor
 
 QUANTILE_COLOURS = {"p50": "tab:blue", "p90": "tab:orange", "p99": "tab:red", "max": "0.35"}
 MESSAGES_STYLE = [
@@ -136,6 +137,7 @@ def rtt_page(report: Report, pdf: PdfPages) -> None:
     ax.set_ylabel("RTT (µs)")
     log_if_wide(ax, points["clients"], "x", ratio=10)
     log_if_wide(ax, points[[f"rtt_{q}_us" for q in QUANTILE_COLOURS]])
+    draw_floor(ax, report.run_dir)
     quantiles = [Line2D([], [], color=c, linewidth=2, label=q) for q, c in QUANTILE_COLOURS.items()]
     first = ax.legend(
         handles=quantiles, title="quantile (colour)", loc="upper left", bbox_to_anchor=(1.01, 1.0)

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 
 from msgprof.report.pages.base import Report, note
+from msgprof.report.pages.floor import floor_rtt_us, floor_sentence
 
 log = logging.getLogger("msgprof.plots")
 
@@ -88,4 +89,7 @@ def provenance_page(report: Report, pdf: PdfPages) -> None:
     _text_block(
         fig.add_axes((0.56, 0.05, 0.42, 0.85)), "config.yaml", lines, 75, "config.yaml missing"
     )
+    floor_us = floor_rtt_us(report.run_dir)
+    if floor_us is not None:
+        fig.text(0.03, 0.015, floor_sentence(floor_us), fontsize=9, fontweight="bold")
     pdf.savefig(fig)
