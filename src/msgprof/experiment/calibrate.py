@@ -29,7 +29,7 @@ from msgprof.experiment.clients import CLIENT_GRACE_S, read_client_docs, split_i
 from msgprof.experiment.lifecycle import ChildProcesses, msgprof_argv, wait_ready
 from msgprof.experiment.summary import load_window
 
-#: (clients, messages per client) of each case at the default --messages (the 1-client count).
+#: (clients, share of --messages each client sends) of each case, the floor's first.
 CASES = ((1, 1.0), (100, 0.1))
 #: Messages of the 1-client case by default; the 100-client case sends a tenth of it each.
 DEFAULT_MESSAGES = 2000
