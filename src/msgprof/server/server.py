@@ -49,6 +49,13 @@ MONITOR_HWM = 100_000
 MAX_SERVICE_SAMPLES = 20_000_000
 
 _STATUS_NAMES = {int(s): s.name for s in Status}
+# Plain ints: the per-message path compares and stores statuses without enum lookups.
+_OK, _DUPLICATE, _OUT_OF_ORDER = int(Status.OK), int(Status.DUPLICATE), int(Status.OUT_OF_ORDER)
+_NOBLOCK = int(zmq.NOBLOCK)
+#: A reply waiting for the burst's commit: (identity, status, request header, receive time).
+Reply = tuple[bytes, int, protocol.Header, int]
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
 
 
 def store_status(err: StoreError) -> Status:
@@ -261,12 +268,10 @@ class Server:
 
     def run(self) -> dict[str, Any]:
         """Serve until stopped, then flush, close and return the final stats."""
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
+        poll = self.router.poll
         try:
             while not self._stopping:
-                ready = dict(poller.poll(IDLE_POLL_MS))
-                if self.router in ready:
+                if poll(IDLE_POLL_MS):
                     self._serve_burst()
                 if self._snapshots_wanted != self._snapshots_written:
                     self._write_snapshot()
@@ -276,43 +281,52 @@ class Server:
 
     def _serve_burst(self) -> None:
         """Take every ready message (up to MAX_BURST), commit once, then answer all of them."""
-        router = self.router
+        # Frame by frame with int flags: pyzmq's recv_multipart and send_multipart pay for enum
+        # arithmetic on every frame (measured: 1.9 us per request and reply).
+        recv, more = self.router.recv, self.router.get
+        clock = time.perf_counter_ns
+        validate = protocol.validate_request
         store = self.store
+        last_seq, append = store.last_seq, store.append
         counters = self.counters
         max_payload = self.config.max_payload_bytes
         owner = self._owner
-        replies: list[tuple[bytes, int, protocol.Header, int]] = []  # identity, status, header, t_recv
+        replies: list[Reply] = []
+        reply = replies.append
         n = 0
         while n < MAX_BURST:
             try:
-                frames = router.recv_multipart(zmq.NOBLOCK)
+                identity = recv(_NOBLOCK)
             except zmq.Again:
                 break
-            t_recv = time.perf_counter_ns()
+            t_recv = clock()
             n += 1
-            identity = frames[0]
+            frames = []  # the rest of a multipart message is there once its first frame is
+            while more(_RCVMORE):
+                frames.append(recv(_NOBLOCK))
             try:
-                header, payload = protocol.validate_request(frames[1:], max_payload)
+                header, payload = validate(frames, max_payload)
             except Unanswerable as err:
                 counters.rejected[err.kind] += 1
                 counters.unanswered += 1
                 continue
             except Rejected as err:
                 counters.rejected[err.kind] += 1
-                replies.append((identity, err.status, err.header, t_recv))
+                reply((identity, err.status, err.header, t_recv))
                 continue
-            if owner.get(header.client_id, identity) != identity:
+            client_id, seq = header.client_id, header.seq
+            if owner.get(client_id, identity) != identity:
                 counters.client_id_takeovers += 1
-            owner[header.client_id] = identity
-            last = store.last_seq(header.client_id)
-            if header.seq == last + 1:
-                store.append(header.client_id, header.seq, payload)
-                replies.append((identity, Status.OK, header, t_recv))
-            elif header.seq <= last:
-                replies.append((identity, Status.DUPLICATE, header, t_recv))
+            owner[client_id] = identity
+            last = last_seq(client_id)
+            if seq == last + 1:
+                append(client_id, seq, payload)
+                reply((identity, _OK, header, t_recv))
+            elif seq <= last:
+                reply((identity, _DUPLICATE, header, t_recv))
             else:
                 counters.rejected["out_of_order"] += 1
-                replies.append((identity, Status.OUT_OF_ORDER, header, t_recv))
+                reply((identity, _OUT_OF_ORDER, header, t_recv))
         if n == 0:
             return
         counters.received += n
@@ -322,38 +336,38 @@ class Server:
         failures = store.commit()
         self._answer(replies, failures)
 
-    def _answer(
-        self, replies: list[tuple[bytes, int, protocol.Header, int]], failures: dict[int, StoreError]
-    ) -> None:
-        router = self.router
+    def _answer(self, replies: list[Reply], failures: dict[int, StoreError]) -> None:
+        send = self.router.send
+        encode_ack = protocol.encode_ack
         counters = self.counters
-        by_status = counters.replies
+        sent: dict[int, int] = {}  # replies by status, folded into the named counter once
         stored = 0
         for identity, status, header, _t in replies:
-            if status == Status.OK:
+            if status == _OK:
                 failure = failures.get(header.client_id) if failures else None
                 if failure is not None:
-                    status = store_status(failure)
+                    status = int(store_status(failure))
                     counters.rejected[failure.kind] += 1
                 else:
                     stored += 1
             try:
-                router.send_multipart(
-                    [identity, protocol.encode_ack(status, header.client_id, header.seq, header.t_send_ns)],
-                    zmq.NOBLOCK,
-                )
+                send(identity, _SNDMORE_NOBLOCK)  # a ROUTER takes the rest once this is taken
+                send(encode_ack(status, header.client_id, header.seq, header.t_send_ns), _NOBLOCK)
             except zmq.Again:
                 counters.reply_dropped_hwm += 1
             except zmq.ZMQError as err:
                 if err.errno != zmq.EHOSTUNREACH:
                     raise
                 counters.unroutable += 1
-            by_status[_STATUS_NAMES[status]] += 1
+            sent[status] = sent.get(status, 0) + 1
+        by_status = counters.replies
+        for status, count in sent.items():
+            by_status[_STATUS_NAMES[status]] += count
         counters.stored += stored
         t_done = time.perf_counter_ns()
         samples = self._service_ns
         if len(samples) < MAX_SERVICE_SAMPLES:
-            samples.extend(t_done - t for _i, _s, _h, t in replies)
+            samples.extend([t_done - r[3] for r in replies])
 
     def _write_snapshot(self) -> None:
         """Stats while running (`"final": false`), numbered so a reader can wait for its own."""
@@ -411,7 +425,9 @@ class Server:
         return {
             "endpoint": self.endpoint,
             "pid": os.getpid(),
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()},
+            "config": {
+                k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.config).items()
+            },
             "started_unix_ns": self._started_ns,
             "stopped_unix_ns": time.time_ns(),
             "received": c.received,
