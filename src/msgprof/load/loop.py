@@ -350,11 +350,11 @@ class Loop:
         self.msg_deadlines.append((due, i, self.inflight[i]))
 
     def on_dealer(self, i: int) -> None:
-        """Read every reply waiting on client `i`'s DEALER: the clock right after the first
-        frame; plain calls with int options (recv_multipart makes an enum on every frame)."""
-        sock = self.socks[i]
+        """Read client `i`'s replies, the clock right after a first frame (plain int calls)."""
+        sock, done = self.socks[i], self.done
+        if done[i] or sock is None:  # dropped (a refused handshake closes it at once)
+            return
         recv, get = sock.recv, sock.get
-        done = self.done
         clock = time.perf_counter_ns
         while not done[i] and get(_EVENTS) & _POLLIN:
             first = recv(_NOBLOCK)
