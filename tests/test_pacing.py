@@ -106,7 +106,9 @@ def test_window_full_sends_wait_and_keep_schedule(tmp_path: Path) -> None:
     late = rtt[rtt.lag_ns > 1_000_000]
     assert len(late) >= 30  # ~50 sends were due during the stall, two went out on time
     own = late.lag_ns - late.window_wait_ns
-    assert (own <= 1_000_000).mean() > 0.9  # their lag was spent behind the full window
+    # the stall's backlog waited behind the full window (a loaded host may add a few late sends
+    # of the generator's own around it: not counted here)
+    assert (own <= 1_000_000).sum() >= 30
     assert (late.window_wait_ns <= late.lag_ns).all() and (rtt.window_wait_ns >= 0).all()
     assert summary["late_window_full"] >= 30
 
