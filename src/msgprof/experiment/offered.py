@@ -99,7 +99,7 @@ def generator_behind(docs: list[dict[str, Any]]) -> str | None:
     busiest = max((doc.get("busiest_thread_utilization") or 0.0 for doc in docs), default=0.0)
     why = []
     if sends and late > GENERATOR_LATE_SHARE * sends:
-        why.append(f"{late} of {sends} sends were late with room in the window "
+        why.append(f"{late} of {sends} sends were over 1 ms late by the generator's own delay "
                    f"(over {GENERATOR_LATE_SHARE:.0%})")  # fmt: skip
     if busiest > SATURATED_THREAD:
         why.append(f"a client thread was busy {busiest:.0%} of the time")
