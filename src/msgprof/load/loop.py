@@ -62,11 +62,9 @@ class Rows:
 
 
 class Loop:
-    """State of all clients of one process and the loop that plays them.
-
-    Per-client state lives in lists indexed by the client's position in `config.client_ids`.
-    Waiter keys are that index for a DEALER and ``-1 - index`` for its monitor.
-    """
+    """State of all clients of one process and the loop that plays them. Per-client state lives
+    in lists indexed by the client's position in `config.client_ids`; waiter keys are that index
+    for a DEALER and ``-1 - index`` for its monitor."""
 
     def __init__(
         self,
@@ -148,11 +146,8 @@ class Loop:
             self.starved_since = -1
 
     def starved(self, now: int) -> None:
-        """No socket could be made: sockets closed earlier still await libzmq's reaper.
-
-        Try again on the next turn of the loop; when refusals last longer than the connect
-        timeout, record the clients not yet started as not connected.
-        """
+        """No socket could be made (closed ones still await libzmq's reaper): try again on the
+        next turn; refused for longer than the connect timeout, the rest are not connected."""
         self.socket_retries += 1
         if self.starved_since < 0:
             self.starved_since = now
@@ -480,6 +475,10 @@ class Loop:
                     self.on_dealer(key)
         self.abandon(time.perf_counter_ns())
         self.report()
+
+    def unsent(self) -> int:
+        """Planned sends never made (a paced loop counts what its schedules missed)."""
+        return self.n * (self.config.messages or 0) - len(self.rows.code)
 
     def fire(self, now: int) -> None:
         """Act on the timers due by `now`: the closed loop has none (replies drive it)."""

@@ -188,8 +188,7 @@ def _played(config: ClientConfig, loop: Loop, rec: _Recorded, counts: _Counts) -
     for c, count in enumerate(np.bincount(code.astype(np.intp), minlength=len(STATUS_NAMES))):
         if c not in (OK, DUPLICATE):
             errors[STATUS_NAMES[c]] = int(count)
-    unsent = getattr(loop, "unsent", None)  # a paced loop counts what its schedules missed
-    planned = len(code) + unsent() if unsent is not None else loop.n * config.messages
+    planned = len(code) + loop.unsent()
     errors["not_connected"] = loop.n_not_connected
     errors["not_sent"] = planned - len(code)
     return {
