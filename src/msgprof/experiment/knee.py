@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from msgprof import atomic, config
-from msgprof.config import PointConfig
+from msgprof.config import LoadOptions, PointConfig
 from msgprof.experiment.bisection import STOP_RATIO, Bisection, three_figures
 from msgprof.setting import (
     Checked,
@@ -49,6 +49,7 @@ from msgprof.setting import (
     path,
     positive,
     positive_float,
+    reworded,
     setting,
     settings_of,
     switch,
@@ -98,9 +99,10 @@ class KneeSearch(Checked):
         help="highest aggregate rate to try, msg/s. Default: 1.25 x --max-in-flight x the "
         "throughput of a closed-loop point with the same clients, run first",
     )
-    duration_s: float = positive_float(
-        10.0,
-        unit="s",
+    duration_s: float = reworded(
+        LoadOptions,
+        "duration_s",
+        default=10.0,
         help="seconds each probe's clients send, --warmup-s included. Default: %(default)s",
     )
     probes: int = setting(
