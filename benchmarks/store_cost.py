@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from msgprof.server.server import NullStore
+from msgprof.server.nullstore import NullStore
 from msgprof.store.queue import QueueStore
 
 

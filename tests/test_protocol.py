@@ -31,6 +31,33 @@ def test_ack_round_trip(cid, seq, t, status):
     assert header.type == MsgType.ACK and header.version == 1
 
 
+@given(cid=U32, seq=U64, t=U64, status=st.sampled_from(list(Status)))
+def test_an_ack_is_its_status_prefix_and_the_requests_echo(cid, seq, t, status):
+    request = protocol.encode_data(cid, seq, t)
+    echo = request[protocol.ECHO_OFFSET :]
+    assert protocol.ACK_PREFIX[status] + echo == protocol.encode_ack(status, cid, seq, t)
+    assert protocol.ECHO.unpack(echo) == (cid, seq, t)
+
+
+@given(head=st.one_of(
+    st.binary(min_size=28, max_size=28),
+    st.tuples(st.binary(min_size=8, max_size=8), U32, U64, U64).map(
+        lambda f: f[0] + protocol.ECHO.pack(*f[1:])),
+    st.tuples(U32, U64, U64).map(lambda f: protocol.DATA_PREFIX + protocol.ECHO.pack(*f)),
+))  # fmt: skip
+def test_the_data_prefix_and_echo_fields_decide_validity_as_validate_does(head):
+    """The server accepts a 2-frame request on these checks alone and asks validate_request
+    about any other: the two must agree."""
+    cid, seq, _t = protocol.ECHO.unpack_from(head, protocol.ECHO_OFFSET)
+    quick = head.startswith(protocol.DATA_PREFIX) and 1 <= cid <= protocol.MAX_CLIENT_ID and seq >= 1
+    try:
+        protocol.validate_request([head, b""], 0)
+    except (Rejected, Unanswerable):
+        assert not quick
+    else:
+        assert quick
+
+
 @given(cid=st.integers(1, protocol.MAX_CLIENT_ID), seq=st.integers(1, 2**64 - 1), t=U64,
        payload=st.binary(max_size=64))  # fmt: skip
 def test_data_round_trip(cid, seq, t, payload):

@@ -11,11 +11,12 @@ Two layers keep connections within the server's descriptor budget:
 2. **The gate, at the listening socket.** A refused connection still holds a descriptor from
    accept() until libzmq closes it. When hundreds of clients connect at once, libzmq's I/O thread
    accepts faster than handshakes are refused, the descriptors in flight reach the process limit,
-   accept() fails with EMFILE and libzmq's accept loop spins (and, without the store's reserve,
-   the store can open no file). So the server owns its listening socket (`Listener` in
-   msgprof.server.listener, lent to libzmq with ZMQ_USE_FD) and, while the open connections come within one accept burst (what
-   the listen queue holds, `queue`) and a guard of the descriptors the process has left,
-   attaches a socket filter to it that drops every packet: no connection request gets an answer,
+   accept() fails with EMFILE and libzmq's accept loop spins (and, without the store's reserve, the
+   store can open no file). So the server owns its listening socket (`Listener` in
+   msgprof.server.listener, lent to libzmq with ZMQ_USE_FD) and, while the open connections come
+   within one accept burst (what the listen queue holds, `queue`) and a guard of the descriptors
+   the process has left, attaches a socket filter to it that drops every packet: no connection
+   request gets an answer,
    no half-open connection completes, and only what is already in the listen queue can still be
    accepted. The clients' TCP sends its SYN again after 1 s, 3 s, ..., as against a full listen
    queue. Established connections are separate sockets and never see the filter; one that

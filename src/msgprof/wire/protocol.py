@@ -110,6 +110,21 @@ def encode_ack(status: int, client_id: int, seq: int, t_send_ns: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, MsgType.ACK, status, 0, 0, client_id, seq, t_send_ns)
 
 
+#: The first 8 bytes of every valid DATA request (magic, version 1, DATA, status, flags and
+#: reserved all 0): a server may accept a request whose header starts so without unpacking it.
+DATA_PREFIX = HEADER.pack(MAGIC, VERSION, MsgType.DATA, 0, 0, 0, 0, 0, 0)[:8]
+#: client_id, seq and t_send_ns: the header's last 20 bytes, which an ACK echoes unchanged.
+ECHO = struct.Struct("!IQQ")
+ECHO_OFFSET = HEADER_SIZE - ECHO.size  # 8
+#: The first 8 bytes of an ACK, by status: an ACK is `ACK_PREFIX[status]` and the echo.
+ACK_PREFIX = tuple(encode_ack(s, 0, 0, 0)[:ECHO_OFFSET] for s in range(max(Status) + 1))
+
+
+def echo_of(header: Header) -> bytes:
+    """The echo an ACK to `header` ends with (its client_id, seq and t_send_ns)."""
+    return ECHO.pack(header.client_id, header.seq, header.t_send_ns)
+
+
 def decode_header(frame: bytes) -> Header:
     """Unpack a header without judging its contents beyond magic and size.
 
