@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 import msgprof.load.client
+import msgprof.load.solo
 from msgprof.client_ids import format_client_ids, parse_client_ids
 from msgprof.config import ClientConfig
 from msgprof.load.capacity import CapacityError, plan_capacity
@@ -229,6 +230,33 @@ def test_deadline_bounds_run(tmp_path: Path) -> None:
     assert summary["errors"]["TIMEOUT"] == 3 and summary["errors"]["not_sent"] == 12
 
 
+def test_one_client_waits_in_recv_and_keeps_every_rule(tmp_path, monkeypatch) -> None:
+    """A process of one client takes its replies in blocking recvs (msgprof.load.solo): the same
+    rows as the event loop, and a silent server still meets the message timeout and the
+    deadline."""
+    calls: list[int] = []
+    receive = msgprof.load.solo.receive
+    monkeypatch.setattr(msgprof.load.solo, "receive", lambda *a: calls.append(1) or receive(*a))
+    with EchoServer() as server:
+        summary = run_clients(ClientConfig(server.endpoint, [4], messages=200), tmp_path / "ok")
+    rtt, _, _ = _read(tmp_path / "ok")
+    assert calls and summary["acked"] == 200
+    assert rtt.seq.tolist() == list(range(1, 201)) and (rtt.status == "OK").all()
+    assert (rtt.rtt_ns > 0).all()
+    with EchoServer("silent") as server:
+        start = time.monotonic()
+        timed_out = run_clients(
+            ClientConfig(server.endpoint, [4], messages=5, timeout_s=0.3), tmp_path / "timeout"
+        )
+        cut = run_clients(
+            ClientConfig(server.endpoint, [5], messages=5, timeout_s=30, deadline_s=0.4),
+            tmp_path / "deadline",
+        )
+        assert time.monotonic() - start < 5
+    assert timed_out["errors"]["TIMEOUT"] == 1 and not timed_out["deadline_hit"]
+    assert cut["errors"]["TIMEOUT"] == 1 and cut["deadline_hit"]
+
+
 def test_connect_only(tmp_path: Path) -> None:
     with EchoServer() as server:
         summary = run_clients(ClientConfig(server.endpoint, [1, 2], messages=0), tmp_path)
@@ -276,9 +304,7 @@ def test_parse_client_ids_good() -> None:
     assert parse_client_ids(" 9 , 3 - 4 ") == [9, 3, 4]
     assert parse_client_ids(f"{MAX_CLIENT_ID}") == [MAX_CLIENT_ID]
     for text in ("1-100", "1,2,7-9", "9,3-4,100"):
-        assert parse_client_ids(format_client_ids(parse_client_ids(text))) == parse_client_ids(
-            text
-        )
+        assert parse_client_ids(format_client_ids(parse_client_ids(text))) == parse_client_ids(text)
 
 
 @pytest.mark.parametrize(

@@ -9,19 +9,19 @@ tens of thousands of messages a second, an attribute lookup or a call per messag
 
 from __future__ import annotations
 
-import array
 import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import zmq
 
 from msgprof.config import ClientConfig
+from msgprof.load import solo
 from msgprof.load.capacity import Capacity
 from msgprof.load.echo import decode_echo
+from msgprof.load.rows import Rows
 from msgprof.load.sockets import HWM, open_client
 from msgprof.load.statuses import DUPLICATE, INVALID_ACK, MISMATCH, OK, TIMEOUT
 from msgprof.load.waiters import make_waiter
@@ -48,17 +48,6 @@ class Stop(Protocol):
     """A stop request, e.g. a threading.Event set by a signal handler."""
 
     def is_set(self) -> bool: ...
-
-
-@dataclass
-class Rows:
-    """One row per message sent, kept in typed arrays until written."""
-
-    index: array.array = field(default_factory=lambda: array.array("I"))  # client index
-    seq: array.array = field(default_factory=lambda: array.array("Q"))
-    t_send: array.array = field(default_factory=lambda: array.array("q"))
-    rtt: array.array = field(default_factory=lambda: array.array("q"))
-    code: array.array = field(default_factory=lambda: array.array("b"))
 
 
 class Loop:
@@ -130,6 +119,8 @@ class Loop:
         self.planned = n * (config.messages or 0)
         #: Wait with sub-millisecond precision (a paced loop's timers need it).
         self.precise = False
+        #: A process of one client may wait for its reply in libzmq (msgprof.load.solo).
+        self.solo = n == 1
         #: The DEALERs' high-water marks: room for the whole in-flight window, twice over.
         self.hwm = max(HWM, 2 * config.max_in_flight)
         #: How a reply is read: an ACK, or in echo mode the request sent back (chosen once).
@@ -465,6 +456,9 @@ class Loop:
             if self.starved_since >= 0:
                 wake = min(wake, now + 1_000_000)  # try to make sockets again soon
             wake = min(wake, self.next_timer(wake))
+            if self.solo and solo.awaiting(self):
+                solo.receive(self, wake)
+                continue
             ready = waiter.wait(max(0.0, (wake - now) / 1e9), self.precise)
             # Monitors first, so a handshake is seen before its first reply where possible.
             for key in ready:

@@ -45,7 +45,8 @@ from msgprof.client_ids import format_client_ids
 from msgprof.config import ClientConfig
 from msgprof.load.capacity import Capacity
 from msgprof.load.latency import Schedule, schedule, schedule_summary, write_histograms
-from msgprof.load.loop import Loop, Rows
+from msgprof.load.loop import Loop
+from msgprof.load.rows import Rows
 from msgprof.load.statuses import DUPLICATE, ERROR_KINDS, OK, STATUS_NAMES, TIMEOUT
 from msgprof.stats import grouped_quantiles
 

@@ -40,7 +40,8 @@ import zmq
 
 from msgprof.config import ClientConfig
 from msgprof.load.capacity import Capacity
-from msgprof.load.loop import Loop, Rows
+from msgprof.load.loop import Loop
+from msgprof.load.rows import Rows
 from msgprof.load.statuses import DUPLICATE, INVALID_ACK, MISMATCH, OK, TIMEOUT
 from msgprof.wire.payload import payload_for
 from msgprof.wire.protocol import decode_ack
@@ -81,6 +82,7 @@ class PacedLoop(Loop):
         n = self.n
         self.rows = PacedRows()
         self.precise = True
+        self.solo = False  # its sends follow timers, which only the event loop keeps
         tighten_timer_slack()
         self.interval_ns = 1e9 / config.rate
         self.poisson = config.arrivals == "poisson"

@@ -20,6 +20,9 @@ HWM = 16
 #: maximum, so clients refused by a server that is down or full back off instead of hammering it.
 RECONNECT_IVL_MS = 100
 RECONNECT_IVL_MAX_MS = 1000
+#: The longest a blocking recv waits (ms): only a process of one client blocks in recv
+#: (msgprof.load.solo), and this bounds how late its loop sees a deadline or a stop request.
+RECV_TIMEOUT_MS = 10
 
 
 def open_client(
@@ -48,6 +51,7 @@ def open_client(
         sock.setsockopt(zmq.RCVHWM, hwm)
         sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_IVL_MS)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_IVL_MAX_MS)
+        sock.setsockopt(zmq.RCVTIMEO, RECV_TIMEOUT_MS)
         if curve is not None:
             curve.apply(sock)
         mon = sock.get_monitor_socket(events)
