@@ -26,11 +26,18 @@ refuses a DATA frame as reply). The C client has no interpreter in its timing, s
 client adds to an RTT. Without cc or zmq.h those columns and the proxy row are skipped with the
 reason printed.
 
-    python benchmarks/transport_overhead.py              # the table, ~4 minutes on 2 cores
+    python benchmarks/transport_overhead.py              # the table, ~6 minutes on 2 cores
     python benchmarks/transport_overhead.py --markdown   # the same as a Markdown table
 
-Targets checked at the end: write/bare RTT ratio <= 1.2, write/bare throughput ratio >= 0.9,
-fsync throughput >= 0.5 x write. Exit status 0 either way: this reports, it does not gate.
+The 1-client runs (msgprof client and C client) put the server on one CPU and the client on
+another (each process's threads share its CPU; `--no-pin` leaves placement to the scheduler):
+on a 2-core host that shares them with other work, where the scheduler puts four busy threads
+moves a median RTT by more than the differences measured here.
+
+Targets checked at the end (the "Hot paths" goals): write/bare RTT p50 ratio <= 1.10,
+write/bare throughput ratio >= 0.95, msgprof client/C client RTT p50 <= 1.10 against `bare` and
+against `write`; fsync/write throughput is printed. Exit status 0 either way: this reports, it
+does not gate.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -65,6 +73,8 @@ TARGETS = ("bare", "echo", "none", "buffer", "write", "fsync")  # measured by ms
 C_TARGETS = ("bare", "write", "proxy")  # RTT at 1 client measured by the C client
 BASELINE = "bare"
 ALL_TARGETS = (*TARGETS, *(t for t in C_TARGETS if t not in TARGETS))
+#: The CPUs of the 1-client runs: the server's, then the client's (None: fewer than 2 CPUs).
+PINNED = tuple(sorted(os.sched_getaffinity(0))[:2]) if len(os.sched_getaffinity(0)) >= 2 else None
 
 
 def serve_echo(ready: Path) -> None:
@@ -121,14 +131,23 @@ def _config(target: str, clients: int, messages: int, processes: int) -> PointCo
 
 
 @contextlib.contextmanager
-def serving(target: str, config: PointConfig, tmp: Path):
+def serving(target: str, config: PointConfig, tmp: Path, pin: bool = False):
     """Start `target`'s server; yield (endpoint, its psutil.Process, the ChildProcesses to start
-    clients with); stop it with SIGTERM on success and kill everything left in any case."""
+    clients with); stop it with SIGTERM on success and kill everything left in any case.
+
+    With `pin` (and PINNED), the server runs on PINNED[0] and what is started within on
+    PINNED[1]: a child inherits the CPUs its parent may use when it is started."""
     work = tmp / "work"
     work.mkdir(parents=True)
     procs = ChildProcesses()
+    cpus = os.sched_getaffinity(0)
+    pin = pin and PINNED is not None
     try:
+        if pin:
+            os.sched_setaffinity(0, {PINNED[0]})
         server = procs.start("server", _target_argv(target, config, tmp, work), tmp / "server.log")
+        if pin:
+            os.sched_setaffinity(0, {PINNED[1]})
         endpoint = wait_ready(work / "ready", server, 60)
         if endpoint is None:
             raise RuntimeError(f"{target} server did not start: {(tmp / 'server.log').read_text()}")
@@ -136,15 +155,18 @@ def serving(target: str, config: PointConfig, tmp: Path):
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=60)
     finally:
+        os.sched_setaffinity(0, cpus)
         procs.kill_all()
 
 
-def run_load(target: str, clients: int, messages: int, processes: int, tmp: Path) -> dict:
+def run_load(
+    target: str, clients: int, messages: int, processes: int, tmp: Path, pin: bool = False
+) -> dict:
     """Start `target`, run msgprof clients against it, stop it; RTT quantiles and throughput."""
     config = _config(target, clients, messages, processes)
     work = tmp / "work"
     problems: list[str] = []
-    with serving(target, config, tmp) as (endpoint, server_ps, procs):
+    with serving(target, config, tmp, pin) as (endpoint, server_ps, procs):
         cpu_before = server_ps.cpu_times()
         started = run_client_processes(config, endpoint, work, tmp, procs, problems)
         cpu_after = server_ps.cpu_times()
@@ -171,11 +193,13 @@ def run_load(target: str, clients: int, messages: int, processes: int, tmp: Path
     }
 
 
-def run_c_rtt(binary: Path, target: str, messages: int, payload_bytes: int, tmp: Path) -> dict:
+def run_c_rtt(
+    binary: Path, target: str, messages: int, payload_bytes: int, tmp: Path, pin: bool
+) -> dict:
     """One C client, closed loop, against a fresh `target` server; its exact RTT p50 and p99."""
     config = _config(target, 1, messages, 1)
     mode = "echo" if target == "proxy" else "ack"
-    with serving(target, config, tmp) as (endpoint, _, _):
+    with serving(target, config, tmp, pin) as (endpoint, _, _):
         argv = [str(binary), endpoint, str(messages), str(payload_bytes), mode]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
@@ -205,7 +229,10 @@ def _parse_args() -> argparse.Namespace:
         "--rounds", type=int, default=5, help="rounds over all targets (median taken)"
     )
     parser.add_argument(
-        "--rtt-messages", type=int, default=3000, help="messages of the 1-client run"
+        "--rtt-messages", type=int, default=10000, help="messages of the 1-client run"
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="leave the 1-client runs' CPUs to the scheduler"
     )
     parser.add_argument("--clients", type=int, default=100, help="clients of the throughput run")
     parser.add_argument(
@@ -220,13 +247,17 @@ def _measure(target: str, args: argparse.Namespace, c_client: Path | None, tmp: 
     """One target's figures of one round: msgprof client's and the C client's, where they apply."""
     figures: dict = {}
     if target in TARGETS:
-        single = run_load(target, 1, args.rtt_messages, 1, tmp / "rtt")
+        single = run_load(target, 1, args.rtt_messages, 1, tmp / "rtt", not args.no_pin)
         many = run_load(target, args.clients, args.messages, args.processes, tmp / "tput")
         figures.update({key: single[key] for key in ("p50_us", "p99_us")})
         figures.update({key: many[key] for key in ("msgs_per_s", "client_cpu", "server_cpu_us")})
     if c_client is not None and target in C_TARGETS:
         payload_bytes = _config(target, 1, 1, 1).payload_bytes
-        figures.update(run_c_rtt(c_client, target, args.rtt_messages, payload_bytes, tmp / "c-rtt"))
+        figures.update(
+            run_c_rtt(
+                c_client, target, args.rtt_messages, payload_bytes, tmp / "c-rtt", not args.no_pin
+            )
+        )
     return figures
 
 
@@ -310,9 +341,13 @@ def _print_checks(table: dict[str, dict], fsync_write: float, rounds: int) -> No
     """The targets of the module docstring, each met or MISSED."""
     write = table["write"]
     checks = [
-        (f"write/{BASELINE} RTT p50 ratio", write["p50_ratio"], "<=", 1.2),
-        (f"write/{BASELINE} throughput ratio", write["tput_ratio"], ">=", 0.9),
-        ("fsync/write throughput ratio", fsync_write, ">=", 0.5),
+        (f"write/{BASELINE} RTT p50 ratio", write["p50_ratio"], "<=", 1.10),
+        (f"write/{BASELINE} throughput ratio", write["tput_ratio"], ">=", 0.95),
+    ]
+    checks += [
+        (f"msgprof client/C client RTT p50 against {t}", table[t]["client_over_c"], "<=", 1.10)
+        for t in (BASELINE, "write")
+        if "client_over_c" in table[t]
     ]
     print(
         f"\nmedians of {rounds} rounds; each ratio is the median over rounds of the ratio to "
@@ -321,7 +356,8 @@ def _print_checks(table: dict[str, dict], fsync_write: float, rounds: int) -> No
     )
     for text, value, op, target in checks:
         ok = value <= target if op == "<=" else value >= target
-        print(f"{'met ' if ok else 'MISSED'}  {text} {value:.2f} {op} {target}")
+        print(f"{'met ' if ok else 'MISSED'}  {text} {value:.2f} {op} {target:.2f}")
+    print(f"fsync/write throughput ratio {fsync_write:.2f}")
 
 
 def main() -> int:
