@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import MethodType
 from typing import Any
 
 import numpy as np  # loaded at start: a stats snapshot in a storm must not need descriptors
@@ -53,6 +54,7 @@ _STATUS_NAMES = {int(s): s.name for s in Status}
 # Plain ints: the per-message path compares and stores statuses without enum lookups.
 _OK, _DUPLICATE, _OUT_OF_ORDER = int(Status.OK), int(Status.DUPLICATE), int(Status.OUT_OF_ORDER)
 _NOBLOCK = int(zmq.NOBLOCK)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 #: A reply waiting for the burst's commit: (identity, status, the request's echo (the ACK's
 #: last 20 bytes), receive time, client id (0 for a rejected request)).
 Reply = tuple[bytes, int, bytes, int, int]
@@ -245,10 +247,11 @@ class Server:
 
     def run(self) -> dict[str, Any]:
         """Serve until stopped, then flush, close and return the final stats."""
-        poll = self.router.poll
+        # zmq_poll on a list made once: Socket.poll builds a Poller at every call
+        poll, ready = zmq.zmq_poll, [(self.router, zmq.POLLIN)]
         try:
             while not self._stopping:
-                if poll(IDLE_POLL_MS):
+                if poll(ready, IDLE_POLL_MS):
                     self._serve_burst()
                 if self._snapshots_wanted != self._snapshots_written:
                     self._write_snapshot()
@@ -260,7 +263,11 @@ class Server:
         """Take every ready message (up to MAX_BURST), commit once, then answer all of them."""
         # The identity is read as bytes, the rest as zmq.Frame, which says if more follow (asking
         # the socket costs ~1 us). At least one frame follows the identity, all there at once.
+        # After a first message, ZMQ_EVENTS says if another is there: 1.7 us against the 3.7 us
+        # of the zmq.Again a recv raises, which would lie between a lone request and its ACK
+        # (the backend's get: the sugar's wraps the answer in an enum).
         recv = self.router.recv
+        events = MethodType(zmq.backend.Socket.get, self.router)
         clock = time.perf_counter_ns
         validate = protocol.validate_request
         echo_fields = protocol.ECHO.unpack_from
@@ -273,6 +280,8 @@ class Server:
         reply = replies.append
         n = 0
         while n < MAX_BURST:
+            if n == 1 and not events(_EVENTS) & _POLLIN:
+                break
             try:
                 identity = recv(_NOBLOCK)
             except zmq.Again:
