@@ -16,7 +16,9 @@ U64 = st.integers(0, 2**64 - 1)
 
 
 def test_header_is_28_bytes_big_endian_as_documented():
-    frame = protocol.encode_header(MsgType.ACK, 0x01020304, 0x05060708090A0B0C, 0x0D0E0F1011121314, status=6)
+    frame = protocol.encode_header(
+        MsgType.ACK, 0x01020304, 0x05060708090A0B0C, 0x0D0E0F1011121314, status=6
+    )
     assert frame == (
         b"MP" + bytes([1, 2, 6, 0]) + b"\x00\x00"
         + bytes.fromhex("01020304") + bytes.fromhex("05060708090a0b0c") + bytes.fromhex("0d0e0f1011121314")
@@ -29,6 +31,12 @@ def test_ack_round_trip(cid, seq, t, status):
     header = protocol.decode_ack([protocol.encode_ack(status, cid, seq, t)])
     assert (header.client_id, header.seq, header.t_send_ns, header.status) == (cid, seq, t, status)
     assert header.type == MsgType.ACK and header.version == 1
+
+
+@given(cid=U32, seq=U64, t=U64)
+def test_a_request_header_is_the_nine_fields_packed(cid, seq, t):
+    fields = (protocol.MAGIC, protocol.VERSION, MsgType.DATA, 0, 0, 0, cid, seq, t)
+    assert protocol.encode_data(cid, seq, t) == protocol.HEADER.pack(*fields)
 
 
 @given(cid=U32, seq=U64, t=U64, status=st.sampled_from(list(Status)))
@@ -49,7 +57,9 @@ def test_the_data_prefix_and_echo_fields_decide_validity_as_validate_does(head):
     """The server accepts a 2-frame request on these checks alone and asks validate_request
     about any other: the two must agree."""
     cid, seq, _t = protocol.ECHO.unpack_from(head, protocol.ECHO_OFFSET)
-    quick = head.startswith(protocol.DATA_PREFIX) and 1 <= cid <= protocol.MAX_CLIENT_ID and seq >= 1
+    quick = (
+        head.startswith(protocol.DATA_PREFIX) and 1 <= cid <= protocol.MAX_CLIENT_ID and seq >= 1
+    )
     try:
         protocol.validate_request([head, b""], 0)
     except (Rejected, Unanswerable):

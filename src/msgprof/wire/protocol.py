@@ -101,8 +101,10 @@ def encode_header(
 
 
 def encode_data(client_id: int, seq: int, t_send_ns: int) -> bytes:
-    """Header of a client's DATA request (the payload travels as a second frame)."""
-    return HEADER.pack(MAGIC, VERSION, MsgType.DATA, 0, 0, 0, client_id, seq, t_send_ns)
+    """Header of a client's DATA request (the payload travels as a second frame): its fixed
+    8 bytes and the packed rest, half the time of packing all nine fields (the client packs it
+    between its clock read and the send)."""
+    return DATA_PREFIX + _pack_echo(client_id, seq, t_send_ns)
 
 
 def encode_ack(status: int, client_id: int, seq: int, t_send_ns: int) -> bytes:
@@ -115,6 +117,7 @@ def encode_ack(status: int, client_id: int, seq: int, t_send_ns: int) -> bytes:
 DATA_PREFIX = HEADER.pack(MAGIC, VERSION, MsgType.DATA, 0, 0, 0, 0, 0, 0)[:8]
 #: client_id, seq and t_send_ns: the header's last 20 bytes, which an ACK echoes unchanged.
 ECHO = struct.Struct("!IQQ")
+_pack_echo = ECHO.pack
 ECHO_OFFSET = HEADER_SIZE - ECHO.size  # 8
 #: The first 8 bytes of an ACK, by status: an ACK is `ACK_PREFIX[status]` and the echo.
 ACK_PREFIX = tuple(encode_ack(s, 0, 0, 0)[:ECHO_OFFSET] for s in range(max(Status) + 1))
