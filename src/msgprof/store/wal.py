@@ -23,6 +23,7 @@ them (`parse_wal`, `entry_walk`, `client_records`).
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import re
 import struct
@@ -68,22 +69,16 @@ def wal_header(number: int) -> bytes:
 def entry_header(table: list[int], bodies_len: int) -> bytes:
     """The header of one commit's entry: `table` is client_id, body_len, client_id, ..."""
     size = len(table)
-    packed = (_TABLES.get(size) or _table_struct(size)).pack(*table)
+    packed = _table_struct(size).pack(*table)
     head = ENTRY_HEAD.pack(size >> 1, bodies_len)
     return head + CRC.pack(crc32(packed, crc32(head))) + packed
 
 
-#: A table's Struct by its length in ints, made once: `struct.pack` with a format made per
-#: commit spent 1-2 us of a lone request's round trip formatting and looking it up.
-_TABLES: dict[int, struct.Struct] = {}
-_CACHED_TABLE_INTS = 2048  # commits of up to 1,024 records: the server's largest burst
-
-
-def _table_struct(size: int) -> struct.Struct:
-    packer = struct.Struct(f"<{size}I")
-    if size <= _CACHED_TABLE_INTS:
-        _TABLES[size] = packer
-    return packer
+@functools.lru_cache(maxsize=2048)  # commits of up to 1,024 records: the server's largest burst
+def _table_struct(ints: int) -> struct.Struct:
+    """The Struct of a table of `ints` u32, made once per length: `struct.pack` with a format
+    made per commit spent 1-2 us of a lone request's round trip formatting and looking it up."""
+    return struct.Struct(f"<{ints}I")
 
 
 def entry_without(
