@@ -108,6 +108,7 @@ class Server:
         self.ctx = zmq.Context(io_threads=1)
         self.ctx.set(zmq.MAX_SOCKETS, config.max_sockets)
         self.router = self._router()
+        self._events = MethodType(zmq.backend.Socket.get, self.router)  # asks ZMQ_EVENTS
         self._listen()
 
     def _descriptor_budget(self) -> int:
@@ -269,7 +270,7 @@ class Server:
         # (the backend's get: the sugar's wraps the answer in an enum). Asked only when the last
         # burst was one message too: under load most bursts hold more, and end in zmq.Again.
         recv = self.router.recv
-        events = MethodType(zmq.backend.Socket.get, self.router) if self._lone else None
+        events = self._events if self._lone else None
         clock = time.perf_counter_ns
         validate = protocol.validate_request
         echo_fields = protocol.ECHO.unpack_from
