@@ -31,7 +31,7 @@ RTT_COLUMNS = [
 CLIENT_COLUMNS = [
     "client_id", "connected", "connect_ns", "first_ack_ns", "sent", "acked", "duplicates",
     "errors", "timeouts", "rtt_median_ns", "rtt_p90_ns", "rtt_p99_ns", "rtt_max_ns",
-    "t_connect_ns", "t_end_ns", "resends",
+    "t_connect_ns", "t_end_ns", "resends", "source_address",
 ]  # fmt: skip
 
 

@@ -116,7 +116,8 @@ class ServerOptions(Checked):
     )
     rlimit_nofile: int | None = positive_int(
         None,
-        help="soft RLIMIT_NOFILE for the server process (descriptors). Default: the hard limit",
+        help="soft RLIMIT_NOFILE of the server process (above the hard limit needs "
+        "CAP_SYS_RESOURCE). Default: the hard limit, or what a point's clients need if more",
     )
 
 
@@ -235,6 +236,19 @@ class LoadOptions(Checked):
         "server queues at most 1,000 unread acks per connection); a scheduled send that finds "
         "the window full goes out when a reply frees it, and its latency still counts from the "
         "scheduled time. Default: %(default)s",
+    )
+    #: msgprof.load.sockets: one address's ephemeral ports do not cap a loopback server's clients
+    clients_per_source: int = non_negative_int(
+        10_000,
+        help="with a server on 127.0.0.0/8: clients that share one source address (ids 1..N "
+        "connect from 127.0.0.2, the next N from 127.0.0.3, ...), each address having about "
+        "28,000 ephemeral ports; 0: the kernel's choice, one address for all. "
+        "Default: %(default)s",
+    )
+    client_rlimit_nofile: int | None = positive_int(
+        None,
+        help="soft RLIMIT_NOFILE of each client process (above the hard limit needs "
+        "CAP_SYS_RESOURCE). Default: the hard limit, or what its clients need if more",
     )
     warmup_s: float = non_negative_float(
         0.0,
@@ -456,7 +470,7 @@ _PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
 _RUN_OPTIONS = (
     *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
     "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
-    *_names(ServerOptions),
+    *_names(ServerOptions), "clients_per_source", "client_rlimit_nofile",
 )  # fmt: skip
 _SERVER = (
     "data_dir", "ready_file", "bind", "max_sockets", "stats_out", "heartbeat_ms",

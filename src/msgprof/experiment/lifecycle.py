@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from msgprof import atomic
 from msgprof.config import PointConfig, ServerConfig, ServerOptions, command_argv, shared
-from msgprof.experiment import launch, sysinfo
+from msgprof.experiment import budget, launch, sysinfo
 from msgprof.experiment.monitor import ResourceMonitor
 from msgprof.experiment.stopping import Interruption, die_with_parent
 from msgprof.experiment.verify import verify_queues
@@ -257,12 +257,14 @@ class Run:
     """The setup and teardown a point and the master case share. Use as a context manager
     around the load: leaving it (also by an exception) stops the monitor and reaps every child.
 
-    Made, in this order: the launcher's check against this host (before anything is written),
+    Made, in this order: the launcher's check against this host and the descriptor limits
+    the clients need (msgprof.experiment.budget; both before anything is written),
     out_dir with an empty work dir and fresh queues, the run's CURVE keys, limits.json.
     """
 
-    def __init__(self, config: PointConfig, out_dir: Path) -> None:
+    def __init__(self, config: PointConfig, out_dir: Path, peak_clients: int | None = None) -> None:
         launch.check(config.launcher, config.bind)
+        config = budget.fit(config, peak_clients)
         self.out_dir = Path(out_dir)
         self.work, self.data_dir = fresh_dirs(config, self.out_dir)
         #: The run's settings, with its keys when it uses CURVE.

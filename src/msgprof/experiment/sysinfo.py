@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from msgprof import limits as process_limits
+
 _SYSCTLS = {
     "somaxconn": "/proc/sys/net/core/somaxconn",
     "tcp_max_syn_backlog": "/proc/sys/net/ipv4/tcp_max_syn_backlog",
@@ -63,6 +65,8 @@ def limits(data_dir: Path | str | None = None) -> dict[str, Any]:
         "captured_unix_s": time.time(),
         "rlimit_nofile_soft": soft,
         "rlimit_nofile_hard": hard,
+        # CAP_SYS_RESOURCE: the run's processes may raise their hard limit (up to nr_open)
+        "can_raise_nofile": process_limits.can_raise_hard(),
         **{name: _read_sysctl(path) for name, path in _SYSCTLS.items()},
         "cores": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)),

@@ -17,6 +17,21 @@ FDS_PER_CONNECTING = 2
 FD_RESERVE = 64
 
 
+#: Descriptors a client process holds before its first client: Python, libzmq's context.
+PROCESS_FDS = 32
+#: Clients connecting at once by default (ClientConfig.connect_window).
+CONNECT_WINDOW = 32
+
+
+def descriptors_for(n_clients: int, connect_window: int = CONNECT_WINDOW) -> int:
+    """The soft RLIMIT_NOFILE a client process needs for `n_clients` (closed or paced loop,
+    monitors held only while connecting)."""
+    return (
+        PROCESS_FDS + FD_RESERVE + FDS_PER_CLIENT * n_clients
+        + FDS_PER_CONNECTING * min(connect_window, n_clients)
+    )  # fmt: skip
+
+
 class CapacityError(RuntimeError):
     """The clients cannot fit this process's descriptor or socket limits."""
 

@@ -46,7 +46,7 @@ def run_clients(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rlimit = limits.raise_nofile()
+    rlimit = limits.raise_nofile(config.client_rlimit_nofile)
     ctx = zmq.Context(io_threads=1)
     try:
         capacity = plan_capacity(

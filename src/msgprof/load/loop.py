@@ -22,7 +22,7 @@ from msgprof.load import solo
 from msgprof.load.capacity import Capacity
 from msgprof.load.echo import decode_echo
 from msgprof.load.rows import Rows
-from msgprof.load.sockets import HWM, open_client
+from msgprof.load.sockets import HWM, client_sources, connect_endpoint, open_client
 from msgprof.load.statuses import DUPLICATE, INVALID_ACK, MISMATCH, OK, TIMEOUT
 from msgprof.load.waiters import make_waiter
 from msgprof.wire.payload import payload_for
@@ -70,6 +70,7 @@ class Loop:
         self.waiter = make_waiter(config.event_loop)
         self.n = n
         self.ids = list(config.client_ids)
+        self.sources = client_sources(config.endpoint, self.ids, config.clients_per_source)
         secret, server_key = config.curve_secret, config.curve_server_key
         self.curve = None if secret is None else CurveClientKeys.load(secret, server_key)
         self.timeout_ns = int(config.timeout_s * 1e9)
@@ -166,7 +167,7 @@ class Loop:
         self.connecting += 1
         self.in_window[i] = True
         t0 = time.perf_counter_ns()
-        sock.connect(self.config.endpoint)
+        sock.connect(connect_endpoint(self.config.endpoint, self.sources[i]))
         self.t_connect[i] = t0
         self.conn_deadlines.append((t0 + self.connect_timeout_ns, i))
         self.on_started(i)

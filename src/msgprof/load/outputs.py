@@ -21,7 +21,8 @@ quantile rule, `msgprof.stats`: always a measured sample, never an interpolation
 client's OK and DUPLICATE samples; -1 if none), ``t_connect_ns`` and ``t_end_ns``
 (perf_counter_ns at connect() and when its last message was settled; -1 if never), from which
 the span in which all clients were active can be found across processes, ``resends`` (copies of
-a message sent again in resend mode; 0 otherwise).
+a message sent again in resend mode; 0 otherwise), ``source_address`` (the loopback address the
+client connected from, msgprof.load.sockets; null: the kernel's choice).
 
 client.json sums the run up, with, for resend mode: ``resends`` (total), ``disconnects`` and
 ``reconnects`` (connections lost and made again, as the socket monitors saw them; 0 when not
@@ -178,6 +179,7 @@ def _clients_table(rec: _Recorded, counts: _Counts, ids: np.ndarray, loop: Loop)
             "t_connect_ns": np.asarray(loop.t_connect, dtype=np.int64),
             "t_end_ns": np.asarray(loop.t_end, dtype=np.int64),
             "resends": np.asarray(loop.resends, dtype=np.int64),
+            "source_address": pa.array(loop.sources, type=pa.string()),
         }
     )
 

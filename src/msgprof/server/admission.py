@@ -49,6 +49,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -57,6 +58,39 @@ from msgprof.ratelog import Throttled
 from msgprof.server.listener import Listener, detach_filter
 
 log = logging.getLogger("msgprof.admission")
+
+#: Descriptors kept free beyond queue files, connections and the accept burst: logs, libzmq's own.
+FD_RESERVE = 64
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
+
+
+def somaxconn() -> str:
+    """net.core.somaxconn as the kernel shows it, or "unknown"."""
+    try:
+        return SOMAXCONN.read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def accept_burst(backlog: int) -> int:
+    """Connections libzmq may accept at once: the listen queue, which the kernel caps at
+    net.core.somaxconn (4096, the modern default, when it cannot be read)."""
+    try:
+        return min(backlog, int(somaxconn()))
+    except ValueError:
+        return min(backlog, 4096)
+
+
+def connection_budget(soft_nofile: int, max_open_files: int, backlog: int) -> int:
+    """Connections a server admits under a soft RLIMIT_NOFILE: what queue files (LRU cap), one
+    accept burst and a reserve leave."""
+    return soft_nofile - max_open_files - accept_burst(backlog) - FD_RESERVE
+
+
+def descriptors_for(connections: int, max_open_files: int, backlog: int) -> int:
+    """The soft RLIMIT_NOFILE whose connection budget admits `connections`."""
+    return connections + max_open_files + accept_burst(backlog) + FD_RESERVE
+
 
 #: Descriptors the gate keeps free beyond one accept burst: what libzmq accepts before the
 #: gatekeeper's thread has read the events of the accepts so far.

@@ -25,7 +25,14 @@ import zmq
 from msgprof import atomic, limits
 from msgprof.config import ServerConfig
 from msgprof.ratelog import Throttled
-from msgprof.server.admission import MONITOR_EVENTS, Admission
+from msgprof.server.admission import (
+    FD_RESERVE,
+    MONITOR_EVENTS,
+    Admission,
+    accept_burst,
+    connection_budget,
+    somaxconn,
+)
 from msgprof.server.listener import Listener, listen
 from msgprof.server.nullstore import NullStore
 from msgprof.stats import quantiles
@@ -43,8 +50,6 @@ MAX_BURST = 1024
 IDLE_POLL_MS = 100
 #: Messages queued per peer in each direction (closed-loop clients have one in flight).
 PEER_HWM = 1000
-#: Descriptors kept free beyond queue files, connections and the accept burst: logs, libzmq's own.
-FD_RESERVE = 64
 #: Socket-monitor events queued for the gatekeeper's thread (about 100 bytes each).
 MONITOR_HWM = 100_000
 #: Service-time samples kept for quantiles (8 bytes each); later messages are counted only.
@@ -125,8 +130,10 @@ class Server:
         self.nofile = limits.raise_nofile(config.rlimit_nofile)
         if config.rlimit_nofile is not None and config.rlimit_nofile < self.nofile[0]:
             self.nofile = limits.lower_nofile(config.rlimit_nofile)
-        burst = min(config.backlog, _somaxconn_int())
-        self.max_connections = self.nofile[0] - config.max_open_files - burst - FD_RESERVE
+        burst = accept_burst(config.backlog)
+        self.max_connections = connection_budget(
+            self.nofile[0], config.max_open_files, config.backlog
+        )
         if self.max_connections < 1:
             raise ValueError(
                 f"descriptor limit {self.nofile[0]} leaves no room for connections after "
@@ -225,7 +232,7 @@ class Server:
             config.max_sockets,
             *self.nofile,
             self.max_connections,
-            _somaxconn(),
+            somaxconn(),
             self.admission.close_at,
         )
 
@@ -487,21 +494,6 @@ def _quantiles(samples: array.array) -> dict[str, int]:
     found = quantiles(values, (0.5, 0.9, 0.99, 0.999, 1.0))
     names = ("p50", "p90", "p99", "p999", "max")
     return {"count": int(values.size), **{name: int(v) for name, v in zip(names, found)}}
-
-
-def _somaxconn_int() -> int:
-    """net.core.somaxconn as a number (4096 when it cannot be read: the modern default)."""
-    try:
-        return int(_somaxconn())
-    except ValueError:
-        return 4096
-
-
-def _somaxconn() -> str:
-    try:
-        return Path("/proc/sys/net/core/somaxconn").read_text().strip()
-    except OSError:
-        return "unknown"
 
 
 def serve(config: ServerConfig) -> dict[str, Any]:
