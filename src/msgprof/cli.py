@@ -144,6 +144,7 @@ def _build_parser() -> argparse.ArgumentParser:
         _add_settings(cmd, name)
 
     _add_knee(sub)
+    _add_capacity(sub)
 
     key = sub.add_parser(
         "keygen",
@@ -196,6 +197,34 @@ def _add_knee(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_options(cmd, knee.options())
+
+
+_EPILOG_CAPACITY = """\
+Every probe is a full point (OUT/probe-NN-CLIENTS/); a count past what this host's descriptor
+and port limits allow fails at once, before any process starts. capacity.json says for every
+probe its clients, verdict, connect and RTT p99, server RSS (and per connection), descriptors,
+throughput and the kernel's listen-queue counters, and the result: the largest ok count, the
+first failing one and the limit behind it.
+
+examples:
+  msgprof capacity --lo 1000 --messages 10 --out /tmp/capacity
+  msgprof capacity --lo 2000 --step 500 --rate 1 --duration-s 20 --out /tmp/paced-capacity
+"""
+
+
+def _add_capacity(sub: Any) -> None:
+    from msgprof.experiment import capacity
+
+    cmd = sub.add_parser(
+        "capacity",
+        help="find how many concurrent clients the server holds, and the limit that stops it",
+        description="Double the client count from --lo until a point's verdict is not ok, "
+        "then bisect to within --precision (or --step). OUT/capacity.json is rewritten after "
+        "every probe.",
+        epilog=_EPILOG_CAPACITY,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_options(cmd, capacity.options())
 
 
 def _add_calibrate(sub: Any) -> None:
@@ -277,6 +306,18 @@ def _cmd_knee(args: argparse.Namespace) -> int:
     return 1 if args.strict and result["result"]["highest_passing_msgs_per_s"] is None else 0
 
 
+def _cmd_capacity(args: argparse.Namespace) -> int:
+    from msgprof.experiment import capacity
+
+    names = settings_of(capacity.CapacitySearch)
+    search = capacity.CapacitySearch(**{name: getattr(args, name) for name in names})
+    point = {name: getattr(args, name) for name, _default, _how in capacity.point_options()}
+    result = capacity.run_capacity(capacity.base_point(point, search), search, args.out)
+    if result.get("interrupted_by"):
+        return _exit_code(result, False)
+    return 1 if args.strict and result["result"]["largest_ok_clients"] is None else 0
+
+
 def _exit_code(result: dict, strict: bool) -> int:
     """A run stopped by a signal exits as a shell reports death by it (130 SIGINT, 143
     SIGTERM), so a caller sees it was cut short; else 1 for a verdict not ok under --strict."""
@@ -333,6 +374,7 @@ _COMMANDS = {
     "point": _cmd_point,
     "master": _cmd_master,
     "knee": _cmd_knee,
+    "capacity": _cmd_capacity,
     "keygen": _cmd_keygen,
     "calibrate": _cmd_calibrate,
     "analyze": _cmd_analyze,

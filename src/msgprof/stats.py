@@ -80,4 +80,23 @@ def resource_summary(table: pa.Table | None) -> dict[str, Any]:
         "peak_threads": max(column["threads"]),
         "peak_queue_bytes": max(column["queue_bytes"]),
         "peak_queue_files": max(column["queue_files"]),
+        "rss_per_connection_bytes": rss_per_descriptor(column["open_fds"], column["rss_bytes"]),
     }
+
+
+#: Fewer descriptors opened than this while connecting leave the slope to noise: no slope.
+MIN_SLOPE_FDS = 100
+
+
+def rss_per_descriptor(open_fds: list[int], rss_bytes: list[int]) -> float | None:
+    """The server's memory per connection: the least-squares slope of RSS on open descriptors
+    over the samples up to the first at the peak count (while connections arrive; messages
+    after that grow RSS at a constant count). A connection is one descriptor; queue files
+    (at most max_open_files) are the others. None when the count grew by < MIN_SLOPE_FDS."""
+    if not open_fds:
+        return None
+    end = open_fds.index(max(open_fds)) + 1
+    fds, rss = np.asarray(open_fds[:end], float), np.asarray(rss_bytes[:end], float)
+    if end < 3 or fds.max() - fds.min() < MIN_SLOPE_FDS:
+        return None
+    return float(np.polyfit(fds, rss, 1)[0])

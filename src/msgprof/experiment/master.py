@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 
 from msgprof import atomic
 from msgprof.config import PointConfig
+from msgprof.experiment import netstat
 from msgprof.experiment.clients import Load, run_load
 from msgprof.experiment.lifecycle import Run
 from msgprof.experiment.summary import write_point
@@ -101,7 +102,7 @@ def _slice(table: pa.Table | None, t_from: float, t_to: float) -> pa.Table | Non
 
 def run_master(base: PointConfig, steps: list[tuple[int, int]], out_dir: Path) -> dict[str, Any]:
     """Run the ramp against one server; write a directory per step and master.json."""
-    run = Run(base, out_dir)
+    run = Run(base, out_dir, peak_clients=max(clients for clients, _ in steps))
     plan = step_plan(steps)
     done: list[dict[str, Any]] = []
     final_stats: dict[str, Any] = {}
@@ -159,16 +160,19 @@ def _run_step(
     step_problems: list[str] = []
     monitor = run.server.monitor
     t_from = monitor.elapsed() if monitor else 0.0
+    counters = netstat.read_counters()
     t0 = time.monotonic()
     load = run_load(config, endpoint, step_work, step_dir, run.procs, step_problems)
     wall = time.monotonic() - t0
+    tcp = netstat.deltas(counters, netstat.read_counters())
     if run.procs.stopping:
         step_problems.insert(0, "interrupted")
     snapshot = run.server.snapshot()
     t_to = monitor.elapsed() if monitor else 0.0
     return {**step, "config": config, "load": load, "problems": step_problems,
             "server": stats_delta(previous, snapshot), "snapshot": snapshot,
-            "window": (t_from, t_to), "wall_s": wall, "started": time.time() - wall}  # fmt: skip
+            "window": (t_from, t_to), "wall_s": wall, "started": time.time() - wall,
+            "kernel_tcp": tcp}  # fmt: skip
 
 
 def _record_step(run: Run, step: dict[str, Any], resources: pa.Table | None) -> dict[str, Any]:
@@ -189,7 +193,7 @@ def _record_step(run: Run, step: dict[str, Any], resources: pa.Table | None) -> 
         step["problems"] + run.problems,
         {"clients_wall_s": step["wall_s"]},
         step["started"],
-        extra={"phase": step["phase"], "step": step["step"]},
+        extra={"phase": step["phase"], "step": step["step"], "kernel_tcp": step["kernel_tcp"]},
     )
     shutil.rmtree(step_dir / "work", ignore_errors=True)
     return {k: document[k] for k in ("verdict", "clients", "messages", "acked", "lost")} | {

@@ -14,11 +14,28 @@ from typing import Any
 
 from msgprof import atomic
 from msgprof.config import PointConfig
+from msgprof.experiment import netstat
 from msgprof.experiment.clients import Load, run_load
 from msgprof.experiment.lifecycle import Run
 from msgprof.experiment.summary import write_point
 
 log = logging.getLogger("msgprof.point")
+
+
+def record_process_limits(
+    limits: dict[str, Any], server_stats: dict[str, Any], client_docs: list[dict[str, Any]]
+) -> bool:
+    """Add the descriptor limits the server and the client processes ran under (each may
+    raise or lower its own) to `limits`; whether there was any."""
+    before = len(limits)
+    if server_stats.get("rlimit_nofile"):
+        limits["server_rlimit_nofile_soft"] = server_stats["rlimit_nofile"]["soft"]
+        limits["server_rlimit_nofile_hard"] = server_stats["rlimit_nofile"]["hard"]
+    ran = [doc for doc in client_docs if doc.get("rlimit_nofile")]
+    if ran:  # the lowest: the one a client process would hit first
+        limits["client_rlimit_nofile_soft"] = min(r["rlimit_nofile"] for r in ran)
+        limits["client_rlimit_nofile_hard"] = min(r["rlimit_nofile_hard"] for r in ran)
+    return len(limits) > before
 
 
 def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
@@ -27,6 +44,7 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     config = run.config
     timings: dict[str, float] = {}
     load = Load([], None, None, [])
+    counters = netstat.read_counters()
     with run:
         t0 = time.monotonic()
         endpoint = run.server.start()
@@ -38,6 +56,7 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
             t1 = time.monotonic()
             load = run_load(config, endpoint, run.work, run.out_dir, run.procs, run.problems)
             timings["clients_wall_s"] = time.monotonic() - t1
+        tcp = netstat.deltas(counters, netstat.read_counters())
         t2 = time.monotonic()
         server_stats = run.server.stop(run.problems)
         timings["server_stop_s"] = time.monotonic() - t2
@@ -47,13 +66,14 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     t3 = time.monotonic()
     check = run.verify(load.rtt)
     timings["verify_s"] = time.monotonic() - t3
-    if server_stats.get("rlimit_nofile"):  # the server may run with a lower limit than we do
-        run.limits["server_rlimit_nofile_soft"] = server_stats["rlimit_nofile"]["soft"]
+    if record_process_limits(run.limits, server_stats, load.docs):
         atomic.write_json(run.out_dir / "limits.json", run.limits)
-    interrupted = {"interrupted_by": run.interruption.signal} if run.interruption.requested else {}
+    extra: dict[str, Any] = {"kernel_tcp": tcp}
+    if run.interruption.requested:
+        extra["interrupted_by"] = run.interruption.signal
     document = write_point(
         run.out_dir, config, load, server_stats, run.resources(), check, run.problems, timings,
-        run.started, extra=interrupted,
+        run.started, extra=extra,
     )  # fmt: skip
     run.clean_up()
     log.info(

@@ -107,8 +107,16 @@ POINT_COLUMNS = KEY_COLUMNS + [
 ]
 #: A point's pace, empty for a closed loop: messages/s per client and seconds of a timed point.
 PACE_COLUMNS = ["rate_per_client", "duration_s"]
-#: points.csv ends with the pace and the latency columns (after the columns it always had).
-POINT_COLUMNS += PACE_COLUMNS + latency.POINT_COLUMNS
+#: The kernel's listen-queue and SYN counters during a point (point.json `kernel_tcp`, as
+#: msgprof.experiment.netstat names them): non-zero ones explain connect times of 1 s, 3 s, ...
+KERNEL_TCP_COLUMNS = [
+    "listen_overflows", "listen_drops", "syn_queue_drops", "syn_cookies_sent", "syn_retransmits"
+]  # fmt: skip
+#: What a connection costs the server, and what the kernel's listen queue did.
+CAPACITY_COLUMNS = ["server_rss_per_connection_kb", *KERNEL_TCP_COLUMNS]
+#: points.csv ends with the pace, the latency and the capacity columns (after the columns it
+#: always had).
+POINT_COLUMNS += PACE_COLUMNS + latency.POINT_COLUMNS + CAPACITY_COLUMNS
 
 #: Quantiles of the raw RTT samples in points.csv (column suffix → q): the latency ones.
 RTT_QUANTILES = latency.QUANTILES
@@ -295,6 +303,7 @@ def server_summary(doc: dict[str, Any], path: Path, samples: pa.Table | None) ->
         "server_service_p50_us": _number(service.get("p50")) / 1e3,
         "server_service_p99_us": _number(service.get("p99")) / 1e3,
         "refused": _number(server.get("refused")),
+        "server_rss_per_connection_kb": _number(resources.get("rss_per_connection_bytes")) / 1e3,
     }
 
 
@@ -329,6 +338,7 @@ def point_row(
         "rlimit_nofile": _number(
             rlimit if rlimit is not None else limits.get("rlimit_nofile_soft")
         ),
+        **{name: _number((doc.get("kernel_tcp") or {}).get(name)) for name in KERNEL_TCP_COLUMNS},
     }
 
 
@@ -361,6 +371,7 @@ INT_COLUMNS = (
     "somaxconn",
     "rlimit_nofile",
     *latency.SEND_COUNTS,
+    *KERNEL_TCP_COLUMNS,
 )
 
 
@@ -376,7 +387,7 @@ def _typed(
 
 
 #: Decimals kept per unit suffix: ns resolution for times, bytes-ish for sizes.
-DECIMALS = {"_us": 3, "_ms": 6, "_mb": 6, "_s": 3, "_per_s": 3, "_max": 4}
+DECIMALS = {"_us": 3, "_ms": 6, "_mb": 6, "_kb": 3, "_s": 3, "_per_s": 3, "_max": 4}
 
 
 def _rounded(frame: pd.DataFrame) -> pd.DataFrame:

@@ -19,6 +19,39 @@ from msgprof.report.pages.base import (
 )
 from msgprof.report.pages.floor import draw_floor
 
+#: Seconds after which a client's TCP sends a dropped SYN again (1 s, then doubling): a connect
+#: time just above one of these is the mark of a dropped SYN.
+SYN_RESENT_AT_MS = (1_000, 3_000, 7_000)
+
+
+def listen_trouble(row: Any) -> str:
+    """What the kernel's listen queue did during a point, for its legend ("" when nothing or
+    not recorded): listen drops and SYNs sent again (points.csv, the host's counters)."""
+    parts = []
+    for column, what in (("listen_drops", "listen drops"), ("syn_retransmits", "SYNs resent")):
+        value = row.get(column)
+        if pd.notna(value) and value > 0:
+            parts.append(f"{int(value)} {what}")
+    return "; ".join(parts)
+
+
+def _mark_listen_queue(ax: Any, points: pd.DataFrame) -> None:
+    """Where a dropped SYN's retry would put a connect time, and which points had any drop or
+    resent SYN (or that none had: then a 1 s or 3 s spike is not the listen queue's)."""
+    if "syn_retransmits" not in points or points["syn_retransmits"].isna().all():
+        return
+    troubled = [f"{label(row)}: {text}" for _i, row in points.iterrows()
+                if (text := listen_trouble(row))]  # fmt: skip
+    if troubled:
+        for at_ms in SYN_RESENT_AT_MS:
+            ax.axhline(at_ms, color="grey", linestyle=":", linewidth=0.8)
+        more = f"\n… and {len(troubled) - 4} more points" if len(troubled) > 4 else ""
+        text = "dotted: a dropped SYN resent after 1 s, 3 s, 7 s\n" + "\n".join(troubled[:4])
+        text += more
+    else:
+        text = "no listen-queue drop and no SYN resent on this host during these points"
+    ax.text(0.01, 0.02, text, transform=ax.transAxes, fontsize=7, va="bottom", color="0.3")
+
 
 def _client_panel(report: Report, ax: Any, points: pd.DataFrame, column: str, unit: str) -> None:
     """One series per point: client id vs `column`, colour by clients, marker by phase."""
@@ -40,7 +73,13 @@ def _client_panel(report: Report, ax: Any, points: pd.DataFrame, column: str, un
             markersize=3 if len(rows) <= 300 else 0,
             linewidth=0.9,
             alpha=0.85,
-            label=label(row) + (f", {missing} no value" if missing else ""),
+            label=label(row)
+            + (f", {missing} no value" if missing else "")
+            + (
+                f" ({trouble})"
+                if column == "connect_ms" and (trouble := listen_trouble(row))
+                else ""
+            ),
             rasterized=len(rows) > RASTER_ABOVE,
         )
         values.append(y.dropna())
@@ -51,6 +90,8 @@ def _client_panel(report: Report, ax: Any, points: pd.DataFrame, column: str, un
     log_if_wide(ax, pd.concat(values))
     if column.startswith("rtt_"):
         draw_floor(ax, report.run_dir)
+    if column == "connect_ms":
+        _mark_listen_queue(ax, points)
     if (points["phase"] == "sweep").all():  # every point starts at id 1: let small ones show
         log_if_wide(ax, points["clients"], "x")
     ax.set_xlabel("client id")
