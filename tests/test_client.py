@@ -20,7 +20,7 @@ import msgprof.load.solo
 from msgprof.client_ids import format_client_ids, parse_client_ids
 from msgprof.config import ClientConfig
 from msgprof.load.capacity import CapacityError, plan_capacity
-from msgprof.load.client import run_clients
+from msgprof.load.client import progress_line, run_clients
 from msgprof.wire.payload import payload_for
 from msgprof.wire.protocol import HEADER, MAX_CLIENT_ID, Status, encode_ack
 
@@ -115,7 +115,7 @@ def _read(out: Path) -> tuple:
 
 
 def test_echo_outputs(tmp_path: Path) -> None:
-    lines: list[str] = []
+    lines: list[dict[str, int]] = []
     with EchoServer() as server:
         config = ClientConfig(server.endpoint, [3, 1, 2], messages=20, payload_bytes=100)
         result = run_clients(config, tmp_path, progress=lines.append)
@@ -159,7 +159,9 @@ def test_echo_outputs(tmp_path: Path) -> None:
     assert summary["client_ids"] == "3,1-2"
     assert summary["max_sockets"] >= 1024
     assert not summary["deadline_hit"]
-    assert lines and lines[-1] == "connected 3/3 acked 60/60 errors 0"
+    assert lines and lines[-1] == {"connected": 3, "clients": 3, "acked": 60, "planned": 60,
+                                   "errors": 0}  # fmt: skip
+    assert progress_line(lines[-1]) == "connected 3/3 acked 60/60 errors 0"
 
 
 def test_silent_server_times_out(tmp_path: Path) -> None:

@@ -266,7 +266,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from msgprof.load.client import run_clients
+    from msgprof import atomic
+    from msgprof.load.client import progress_line, run_clients
 
     log = logging.getLogger("msgprof.client")
     stop = threading.Event()
@@ -274,7 +275,14 @@ def _cmd_client(args: argparse.Namespace) -> int:
     # recorded as TIMEOUT, the rest as not sent).
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    summary = run_clients(_model(args), args.out, progress=log.info, stop=stop)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def progress(counts: dict[str, int]) -> None:
+        """Logged, and kept in OUT/progress.json for the point that started this process."""
+        log.info("%s", progress_line(counts))
+        atomic.write_json(args.out / "progress.json", counts)
+
+    summary = run_clients(_model(args), args.out, progress=progress, stop=stop)
     if summary["stopped"]:
         log.info("stopped early by a signal; outputs written")
     return 0

@@ -25,6 +25,7 @@ from msgprof.config import PointConfig
 from msgprof.experiment import netstat
 from msgprof.experiment.clients import Load, run_load
 from msgprof.experiment.lifecycle import Run
+from msgprof.experiment.progress import Progress
 from msgprof.experiment.summary import write_point
 
 log = logging.getLogger("msgprof.master")
@@ -162,7 +163,8 @@ def _run_step(
     t_from = monitor.elapsed() if monitor else 0.0
     counters = netstat.read_counters()
     t0 = time.monotonic()
-    load = run_load(config, endpoint, step_work, step_dir, run.procs, step_problems)
+    with Progress(step_work, config.clients, monitor):
+        load = run_load(config, endpoint, step_work, step_dir, run.procs, step_problems)
     wall = time.monotonic() - t0
     tcp = netstat.deltas(counters, netstat.read_counters())
     if run.procs.stopping:

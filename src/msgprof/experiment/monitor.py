@@ -123,6 +123,12 @@ class ResourceMonitor:
         for name in COLUMNS:
             self.rows[name].append(row[name])
 
+    def latest(self) -> tuple[int, int] | None:
+        """(RSS bytes, open descriptors) of the last sample, or None before the first."""
+        rss, fds = self.rows["rss_bytes"], self.rows["open_fds"]
+        n = min(len(rss), len(fds))  # the sampling thread appends one column at a time
+        return (rss[n - 1], fds[n - 1]) if n else None
+
     def table(self) -> pa.Table:
         """Samples so far as a pyarrow Table with the COLUMNS above. Its schema metadata
         ``t0_monotonic_s`` is the CLOCK_MONOTONIC time of ``t_s`` = 0, so the samples line up

@@ -17,9 +17,15 @@ from msgprof.config import PointConfig
 from msgprof.experiment import netstat
 from msgprof.experiment.clients import Load, run_load
 from msgprof.experiment.lifecycle import Run
+from msgprof.experiment.progress import Progress
 from msgprof.experiment.summary import write_point
 
 log = logging.getLogger("msgprof.point")
+
+
+def load_acked(load: Load) -> int:
+    """Messages the client processes saw acknowledged."""
+    return sum(doc.get("acked", 0) for doc in load.docs)
 
 
 def record_process_limits(
@@ -54,7 +60,8 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
         else:
             log.info("server ready at %s (%.2f s)", endpoint, timings["server_start_s"])
             t1 = time.monotonic()
-            load = run_load(config, endpoint, run.work, run.out_dir, run.procs, run.problems)
+            with Progress(run.work, config.clients, run.server.monitor):
+                load = run_load(config, endpoint, run.work, run.out_dir, run.procs, run.problems)
             timings["clients_wall_s"] = time.monotonic() - t1
         tcp = netstat.deltas(counters, netstat.read_counters())
         t2 = time.monotonic()
@@ -64,6 +71,8 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
         run.problems.insert(0, "interrupted")
 
     t3 = time.monotonic()
+    if config.store == "file":
+        log.info("verifying: the queues against %d acknowledged messages", load_acked(load))
     check = run.verify(load.rtt)
     timings["verify_s"] = time.monotonic() - t3
     if record_process_limits(run.limits, server_stats, load.docs):

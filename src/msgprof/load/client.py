@@ -25,10 +25,16 @@ from msgprof.load.outputs import write_outputs
 from msgprof.load.pacing import PacedLoop
 
 
+def progress_line(counts: dict[str, int]) -> str:
+    """A client process's progress as its log shows it."""
+    return (f"connected {counts['connected']}/{counts['clients']} "
+            f"acked {counts['acked']}/{counts['planned']} errors {counts['errors']}")  # fmt: skip
+
+
 def run_clients(
     config: ClientConfig,
     out_dir: Path,
-    progress: Callable[[str], None] | None = None,
+    progress: Callable[[dict[str, int]], None] | None = None,
     stop: Stop | None = None,
 ) -> dict[str, Any]:
     """Play all clients of `config`, write rtt.parquet, clients.parquet and client.json.
@@ -41,8 +47,8 @@ def run_clients(
     columns and keys are told in `msgprof.load.outputs`. Returns the client.json dict. Raises
     CapacityError before any socket is made when the clients cannot fit this process's
     descriptor or socket limits. What a reply does to a client (go on or stop) is in the
-    package docstring (`msgprof.load`). `progress` gets a line at most once a second and a last
-    one at the end.
+    package docstring (`msgprof.load`). `progress` gets the counts (connected, clients, acked,
+    planned, errors) at most once a second and a last time at the end.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -60,7 +60,7 @@ class Loop:
         config: ClientConfig,
         ctx: zmq.Context,
         capacity: Capacity,
-        progress: Callable[[str], None] | None,
+        progress: Callable[[dict[str, int]], None] | None,
     ) -> None:
         n = len(config.client_ids)
         self.config = config
@@ -499,10 +499,9 @@ class Loop:
 
     def report(self) -> None:
         if self.progress is not None:
-            self.progress(
-                f"connected {self.n_connected}/{self.n} "
-                f"acked {self.n_acked}/{self.planned:.0f} errors {self.n_errors}"
-            )
+            self.progress({"connected": self.n_connected, "clients": self.n,
+                           "acked": self.n_acked, "planned": round(self.planned),
+                           "errors": self.n_errors})  # fmt: skip
 
     def close(self) -> None:
         for i in range(self.n):

@@ -75,7 +75,7 @@ class PacedLoop(Loop):
         config: ClientConfig,
         ctx: zmq.Context,
         capacity: Capacity,
-        progress: Callable[[str], None] | None,
+        progress: Callable[[dict[str, int]], None] | None,
     ) -> None:
         super().__init__(config, ctx, capacity, progress)
         assert config.rate is not None
