@@ -15,6 +15,7 @@ include: "workflow/rules/master.smk"
 include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/knee.smk"
+include: "workflow/rules/capacity.smk"
 
 
 rule all:

@@ -7,6 +7,10 @@ request, no reply to an unreadable header). What `msgprof server --store none` c
 this is the cost of its shared loop.
 
     python benchmarks/bare_server.py READY_FILE   # writes the endpoint to READY_FILE; SIGTERM stops
+    python benchmarks/bare_server.py READY_FILE --zap   # every handshake asks a ZAP handler
+
+With --zap every handshake is approved by a ZAP handler (in a thread), as msgprof's gatekeeper
+asks it: benchmarks/connection_memory.py measures what that costs each connection.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import os
 import signal
 import struct
 import sys
+import threading
 
 import zmq
 
@@ -54,9 +59,25 @@ def answer(frames: list[bytes], last_seq: dict[int, int]) -> bytes | None:
     return HEADER.pack(b"MP", 1, ACK, reply, 0, 0, client_id, seq, t_send_ns)
 
 
-def serve(ready_path: str) -> None:
+def approve_all(ctx: zmq.Context) -> None:
+    """A ZAP handler (RFC 27) in a daemon thread that approves every handshake."""
+    handler = ctx.socket(zmq.REP)
+    handler.bind("inproc://zeromq.zap.01")
+
+    def serve() -> None:
+        while True:
+            version, request_id, *_rest = handler.recv_multipart()
+            handler.send_multipart([version, request_id, b"200", b"OK", b"", b""])
+
+    threading.Thread(target=serve, daemon=True).start()
+
+
+def serve(ready_path: str, zap: bool = False) -> None:
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
+    if zap:
+        approve_all(ctx)
+        sock.zap_domain = b"bare"
     sock.setsockopt(zmq.BACKLOG, 1024)  # 100 clients connecting at once overflow the default 100
     sock.bind("tcp://127.0.0.1:0")
     with open(ready_path + ".tmp", "w") as ready:
@@ -77,8 +98,9 @@ def serve(ready_path: str) -> None:
             if ack is not None:
                 sock.send_multipart([identity, ack])
     sock.close(linger=1000)
-    ctx.term()
+    if not zap:  # the ZAP handler's thread holds its socket until the process ends
+        ctx.term()
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], zap="--zap" in sys.argv[2:])

@@ -133,7 +133,8 @@ def test_a_real_search_finds_the_descriptor_limit(tmp_path: Path) -> None:
     doc = json.loads((out / "capacity.json").read_text())
     probes = doc["probes"]
     assert [p["clients"] for p in probes][:2] == [100, 200]
-    assert probes[0]["verdict"] == "ok" and probes[0]["acked"] >= 500 and probes[0]["lost"] == 0
+    assert probes[0]["verdict"] in ("ok", "generator_behind")  # held: all acked, none lost
+    assert probes[0]["acked"] >= 500 and probes[0]["lost"] == 0
     assert probes[0]["peak_connections"] == 100 and probes[0]["passed"]
     assert probes[1]["verdict"] == "descriptor_limit" and probes[1]["limit"] == "descriptors"
     assert probes[1]["refused"] > 0 and probes[1]["kernel_tcp"] is not None

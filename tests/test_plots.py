@@ -265,3 +265,21 @@ def test_resource_samples_are_put_on_the_monotonic_clock(paced_run: Path) -> Non
     # the load ran while the server was sampled: its intervals lie within the samples' span
     assert samples["t_mono_s"].min() - 1 <= min(starts) <= samples["t_mono_s"].max()
     assert timeline.monotonic_samples(point / "missing.parquet") is None
+
+
+def test_a_capacity_search_gets_its_page_before_the_provenance(rendered: Path, tmp_path) -> None:
+    from test_capacity import _fake_point
+
+    from msgprof.config import PointConfig
+    from msgprof.experiment.capacity import CapacityRun, CapacitySearch
+
+    run = tmp_path / "run"
+    shutil.copytree(rendered, run)
+    base = PointConfig(clients=100, messages=10, rate=1.0)
+    CapacityRun(base, CapacitySearch(lo=100, probes=8), run / "capacity", _fake_point(1234)).run()
+    texts = _texts(plots.write_report(run))
+    assert len(texts) == len(PAGE_TITLES) + 1
+    page = texts[-2]
+    assert "Capacity: how many concurrent clients the server holds" in page
+    assert "largest ok:" in page and "limit: timeouts" in page and "timeouts" in page
+    assert "Provenance" in texts[-1]

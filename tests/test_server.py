@@ -11,6 +11,7 @@ import pytest
 import zmq
 from conftest import Peer, running_server, server_process
 
+from msgprof.server.admission import GATE_GUARD
 from msgprof.store.reader import QueueReader
 from msgprof.wire import protocol
 from msgprof.wire.protocol import MsgType, Status
@@ -220,7 +221,6 @@ def test_cli_bad_input_exits_2_with_one_line(capsys):
     assert "--data-dir is required" in capsys.readouterr().err
 
 
-
 @pytest.mark.parametrize("damage", ["flip_middle", "truncate_last", "delete_segment"])
 def test_server_starts_on_damaged_queues_and_reports_the_cut(tmp_path, zctx, damage):
     from msgprof.store.queue import QueueStore
@@ -252,3 +252,25 @@ def test_server_starts_on_damaged_queues_and_reports_the_cut(tmp_path, zctx, dam
     assert stats["recovery_cuts"], "recovery must report what it cut"
     seqs = [r.seq for r in QueueReader(root).records(4, after_seq=0)]
     assert seqs == sorted(seqs) and seqs[-1] == kept + 1
+
+
+def test_below_its_budget_no_handshake_asks_the_gatekeeper(tmp_path, zctx):
+    """A ZAP handler that listens costs every connection it is asked for a pipe to it (about
+    10 KB each, benchmarks/connection_memory.py); far below the budget none is needed."""
+    with running_server(tmp_path / "q") as server:
+        peers = [Peer(zctx, server.endpoint) for _ in range(5)]
+        try:
+            for i, peer in enumerate(peers, start=1):
+                peer.data(i, 1)
+                assert peer.ack().status == protocol.Status.OK
+        finally:
+            for peer in peers:
+                peer.close()
+        connections = server.admission.stats()
+        assert server.gatekeeper.listening is False
+        queue = server.admission.queue  # one accept burst
+    assert connections["gatekeeper"] == {
+        "listens_from": connections["max_connections"] - queue - GATE_GUARD,
+        "listening_at": None,
+    }
+    assert connections["admitted"] == 5 and connections["peak_admitted"] == 5

@@ -25,6 +25,7 @@ from matplotlib.backends.backend_pdf import PdfPages
 
 from msgprof import atomic
 from msgprof.report.pages.base import STYLE, Report
+from msgprof.report.pages.capacity import capacity_page
 from msgprof.report.pages.clients import client_page
 from msgprof.report.pages.load import rtt_page, throughput_page
 from msgprof.report.pages.offered import offered_page
@@ -66,6 +67,7 @@ def render(run_dir: Path | str, out: Path | str) -> None:
         resource_page(report, pdf)
         verdict_page(report, pdf)
         limits_page(report, pdf)
+        capacity_page(report, pdf)
         provenance_page(report, pdf)
 
 

@@ -158,6 +158,9 @@ class Admission:
         self._failed_total = 0
         self.accept_failed: Counter[str] = Counter()  # by errno name
         self.admitted = 0
+        #: The gatekeeper asks `wants_gatekeeper()` and says when it listens (`gatekeeper_listens`);
+        #: until then every handshake succeeds unasked, and is counted admitted when it does.
+        self.gatekeeper_listening_at: int | None = None
         self.refused = 0
         self.peak_open = 0
         self.peak_admitted = 0
@@ -208,6 +211,22 @@ class Admission:
         """Connection descriptors open now (accepted, not yet closed)."""
         return self.accepted - self.disconnected
 
+    @property
+    def gatekeeper_from(self) -> int:
+        """Open connections from which every handshake is asked."""
+        return max(0, self.max_connections - self.queue - GATE_GUARD)
+
+    def wants_gatekeeper(self) -> bool:
+        """Whether handshakes must now be asked: the open connections came within one accept
+        burst and a guard of the budget (below it every one would be admitted)."""
+        return self.open_connections >= self.gatekeeper_from
+
+    def gatekeeper_listens(self) -> None:
+        self.gatekeeper_listening_at = self.open_connections
+        if self.gatekeeper_from:
+            log.info("the gatekeeper listens from now on: %d connections open, the budget %d",
+                     self.open_connections, self.max_connections)  # fmt: skip
+
     def _admitted_estimate(self) -> int:
         """Admitted connections still open, approvals not yet succeeded included."""
         return self.succeeded - (self.disconnected - self._failed_total) + len(self._pending)
@@ -236,6 +255,9 @@ class Admission:
             self.succeeded += 1
             if self._pending:
                 self._pending.popleft()
+            elif self.gatekeeper_listening_at is None:  # admitted without being asked
+                self.admitted += 1
+                self.peak_admitted = max(self.peak_admitted, self._admitted_estimate())
         elif event == _ACCEPT_FAILED:
             name = errno.errorcode.get(value, str(value))
             self.accept_failed[name] += 1
@@ -382,6 +404,10 @@ class Admission:
                 "max_connections": self.max_connections,
                 "handshake_failed": self._failed_total,
                 "handshake_failed_by_kind": dict(self.failed),
+                "gatekeeper": {
+                    "listens_from": self.gatekeeper_from,
+                    "listening_at": self.gatekeeper_listening_at,
+                },
                 "limit": self.limit,
                 "gate": {
                     "enabled": self.listener is not None,

@@ -204,9 +204,11 @@ class Server:
         # Every handshake asks the gatekeeper: a CURVE key off the allow-list, or a connection
         # past the descriptor budget, is refused before it holds a descriptor for long.
         monitor = _monitor_socket(self.ctx, self.router, MONITOR_EVENTS)
+        admission = self.admission
         self.gatekeeper = security.Gatekeeper(
-            self.ctx, self.admission.admit, allowed, monitor, self.admission.on_event
-        )
+            self.ctx, admission.admit, allowed, monitor, admission.on_event,
+            listen_when=admission.wants_gatekeeper, on_listen=admission.gatekeeper_listens,
+        )  # fmt: skip
         self.router.zap_domain = b"msgprof"
         self.listener: Listener | None = listen(self.router, config.bind, config.backlog)
         self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)

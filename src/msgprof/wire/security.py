@@ -1,7 +1,8 @@
 """Optional CURVE security: key files, the server's allow-list, and the loopback rule.
 
-Every handshake passes the server's Gatekeeper (a ZAP handler), which also refuses connections
-the server has no descriptors for. Keys are ZeroMQ certificate files as `zmq.auth` writes them (NAME.key with the public key,
+With CURVE every handshake passes the server's Gatekeeper (a ZAP handler), which also refuses
+connections the server has no descriptors for (without CURVE, only those near its budget).
+Keys are ZeroMQ certificate files as `zmq.auth` writes them (NAME.key with the public key,
 NAME.key_secret with both). The server loads its secret certificate and a directory of
 allowed client public certificates; a client with any other key fails the handshake.
 A server bound to anything but loopback without CURVE is reachable by anyone who can route to
@@ -61,6 +62,10 @@ class Gatekeeper:
     handshake fail (ZMTP ERROR, status 400) instead of a connection that hangs, and its
     descriptor is freed at once. One thread; the handshake waits for its answer.
 
+    Without CURVE the handler binds only once `listen_when()` says the budget is near: libzmq
+    keeps every asked session's pipe to the handler (two 16 KB queue chunks, about 10 KB of
+    RSS) for the connection's whole life, and a handshake that finds no handler is not asked.
+
     The same thread reads the server socket's monitor (`on_event(event, value)` per event)
     and drains it before every answer: libzmq reports a connection's ACCEPTED before its
     handshake asks, so `admit()` judges a count that includes every connection accepted so far.
@@ -82,33 +87,57 @@ class Gatekeeper:
         allowed: set[bytes] | None,
         monitor: zmq.Socket,
         on_event: Callable[[int, int], None],
+        listen_when: Callable[[], bool] | None = None,
+        on_listen: Callable[[], None] | None = None,
     ) -> None:
         self.admit = admit
         self.allowed = allowed
         self.refused_full = 0
         self.refused_key = 0
+        self._ctx = ctx
         self._monitor = monitor
         self._on_event = on_event
-        self._sock = ctx.socket(zmq.REP)
-        self._sock.linger = 0
-        self._sock.bind(self.ENDPOINT)
+        self._on_listen = on_listen
+        # Without an allow-list the handler may wait until `listen_when()`: a handshake with
+        # no handler bound is not asked (libzmq goes on without ZAP), and one that is asked
+        # keeps a pipe to the handler for its connection's whole life.
+        self._listen_when = listen_when if allowed is None else None
+        self._sock: zmq.Socket | None = None
+        if self._listen_when is None:
+            self._bind()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="msgprof-zap", daemon=True)
         self._thread.start()
 
+    @property
+    def listening(self) -> bool:
+        return self._sock is not None
+
+    def _bind(self) -> zmq.Socket:
+        self._sock = self._ctx.socket(zmq.REP)
+        self._sock.linger = 0
+        self._sock.bind(self.ENDPOINT)
+        if self._on_listen is not None:
+            self._on_listen()
+        return self._sock
+
     def _serve(self) -> None:
         poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
+        if self._sock is not None:
+            poller.register(self._sock, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(100))
                 self._drain_monitor()
-                if self._sock in ready:
+                if self._sock is None and self._listen_when is not None and self._listen_when():
+                    poller.register(self._bind(), zmq.POLLIN)
+                if self._sock is not None and self._sock in ready:
                     self._answer_waiting()
             self._drain_monitor()
         finally:  # closed by the thread that used them
-            self._sock.close(linger=0)
+            if self._sock is not None:
+                self._sock.close(linger=0)
             self._monitor.close(linger=0)
 
     def _drain_monitor(self, most: int = DRAIN_MAX) -> None:
@@ -121,6 +150,7 @@ class Gatekeeper:
             on_event(*unpack(frames[0]))
 
     def _answer_waiting(self) -> None:
+        assert self._sock is not None
         for _ in range(self.ANSWER_MAX):
             try:
                 request = self._sock.recv_multipart(zmq.NOBLOCK)
@@ -141,6 +171,7 @@ class Gatekeeper:
         elif not self.admit():
             status, text = b"400", b"server full"
             self.refused_full += 1
+        assert self._sock is not None
         self._sock.send_multipart([version, request_id, status, text, b"", b""])
 
     def stop(self) -> None:
