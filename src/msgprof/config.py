@@ -176,7 +176,6 @@ class LoadOptions(Checked):
     payload_bytes: int = non_negative_int(
         64, unit="bytes", help="bytes per payload. Default: %(default)s"
     )
-    #: Per message: a reply not seen within this is recorded as TIMEOUT.
     timeout_s: float = positive_float(
         10.0,
         unit="s",
@@ -190,22 +189,19 @@ class LoadOptions(Checked):
         help="seconds for a client's handshake before it counts as not connected. "
         "Default: %(default)s",
     )
-    #: Whole run: when passed, stop; in-flight messages are TIMEOUT, the rest not sent.
     deadline_s: float = positive_float(
         900.0,
         unit="s",
         help="bound on the whole run in seconds; what is unsent then is recorded. "
         "Default: %(default)s",
     )
-    #: "on_connect": each client sends its first message right after its connect().
-    #: "all_connected": every client connects first; then all connected clients send at once,
-    #: so all of them are active together and setup is measured without message traffic.
     start: str = choice(
         "on_connect",
         START_MODES,
         help="on_connect: each client sends as soon as it has connected; all_connected: every "
-        "client of a process connects first, then all send together, so all are active at "
-        "once and setup is timed without message traffic. Default: %(default)s",
+        "client (of a point: of all its processes) connects first, then all send together, so "
+        "all are active at once and setup is timed without message traffic. "
+        "Default: %(default)s",
     )
     #: Open loop (msgprof.load.pacing): each client sends on a schedule of `rate` messages a
     #: second and latency runs from each message's intended send time. None: the closed loop.
@@ -298,7 +294,6 @@ class ClientConfig(LoadOptions):
         check=client_id_list,
         help="client ids this process plays: a range 1-100, a list 1,5,9 or a mix 1-10,20",
     )
-    #: Messages per client (0: connect only, to measure setup time); None with --duration-s.
     messages: int | None = non_negative_int(
         None, help="messages per client (0: connect only, to time setup)"
     )
@@ -310,14 +305,12 @@ class ClientConfig(LoadOptions):
         help="most clients connecting at once (each holds a socket monitor while it connects). "
         "Default: %(default)s",
     )
-    #: "epoll" (Linux: each socket's ZMQ_FD in one epoll set), "poller" (zmq.Poller) or "auto".
     event_loop: str = choice(
         "auto",
         EVENT_LOOPS,
         help="how the process waits on its sockets: epoll (Linux, scales to thousands) or "
         "zmq.Poller. Default: %(default)s",
     )
-    #: zmq MAX_SOCKETS for the context; None: sized from the number of clients.
     max_sockets: int | None = positive_int(
         None,
         help="ZMQ MAX_SOCKETS of the client context. Default: sized from the number of clients",
@@ -329,6 +322,11 @@ class ClientConfig(LoadOptions):
         "flight again (same seq) on reconnect and after --timeout-s, until it is acknowledged "
         "(OK or DUPLICATE) or --deadline-s passes; for crash-recovery runs. Default: a timeout "
         "stops the client",
+    )
+    start_barrier: Path | None = path(
+        help="with --start all_connected: a directory the client processes of one point share; "
+        "each sends once all (the number in DIR/parties) have connected, or after "
+        "--connect-timeout-s",
     )
     #: Echo mode: the peer sends each request back unchanged (msgprof calibrate's proxy).
     echo: bool = switch(
@@ -478,7 +476,7 @@ _SERVER = (
 )  # fmt: skip
 _CLIENT = (
     "endpoint", "client_ids", "messages", *_names(LoadOptions), "connect_window", "event_loop",
-    "max_sockets", "resend", "echo", "curve_secret", "curve_server_key", "out",
+    "max_sockets", "resend", "start_barrier", "echo", "curve_secret", "curve_server_key", "out",
 )  # fmt: skip
 COMMANDS = {
     "server": Command(ServerConfig, _SERVER),

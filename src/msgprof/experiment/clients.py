@@ -3,7 +3,9 @@ they recorded.
 
 The clients of a point are split into contiguous id ranges, one per process; process k plays
 its range as `msgprof client` (work/client-k/, log out_dir/client-k.log), started where the
-launcher says, and gets the point's deadline plus a grace before it is stopped.
+launcher says, and gets the point's deadline plus a grace before it is stopped. With start
+all_connected the local processes share a start barrier (msgprof.load.barrier), so the point's
+clients are all connected before any sends.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from msgprof.config import ClientConfig, LoadOptions, PointConfig, command_argv,
 from msgprof.experiment import launch
 from msgprof.experiment.lifecycle import ChildProcesses, msgprof_argv, read_json
 from msgprof.experiment.offered import merge_logs
+from msgprof.load.barrier import make_barrier
 
 #: Seconds client processes get beyond their own deadline before they are stopped.
 CLIENT_GRACE_S = 30.0
@@ -39,14 +42,17 @@ def split_ids(first: int, count: int, parts: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def client_argv(config: PointConfig, endpoint: str, ids: tuple[int, int], out: Path) -> list[str]:
-    """`msgprof client` for ids lo..hi of this point: its load settings, the run's client keys."""
+def client_argv(config: PointConfig, endpoint: str, ids: tuple[int, int], out: Path,
+                barrier: Path | None = None) -> list[str]:  # fmt: skip
+    """`msgprof client` for ids lo..hi of this point: its load settings, the run's client keys,
+    the point's start barrier."""
     keys = config.keys_dir
     curve = {} if keys is None else {"curve_secret": keys / "client.key_secret",
                                      "curve_server_key": keys / "server.key"}  # fmt: skip
     client = ClientConfig(
-        endpoint, range(ids[0], ids[1] + 1), config.messages, **shared(LoadOptions, config), **curve
-    )
+        endpoint, range(ids[0], ids[1] + 1), config.messages, **shared(LoadOptions, config),
+        **curve, start_barrier=barrier,
+    )  # fmt: skip
     return msgprof_argv(command_argv("client", client, out=out))
 
 
@@ -63,11 +69,14 @@ def run_client_processes(
     Process k writes to work/client-k/ and logs to out_dir/client-k.log.
     """
     ranges = split_ids(config.first_client_id, config.clients, launch.client_processes(config))
+    barrier = None  # all_connected: every process of the point connects before any sends
+    if config.start == "all_connected" and len(ranges) > 1 and config.launcher == "local":
+        barrier = make_barrier(work / "start-barrier", len(ranges))
     started = []
     for k, ids in enumerate(ranges):
         if procs.stopping:  # the run was asked to stop: start nothing more
             break
-        argv = client_argv(config, endpoint, ids, work / f"client-{k}")
+        argv = client_argv(config, endpoint, ids, work / f"client-{k}", barrier)
         argv = launch.client_argv(config, k, len(ranges), argv)
         started.append(procs.start(f"client-{k}", argv, out_dir / f"client-{k}.log"))
     deadline = time.monotonic() + config.deadline_s + CLIENT_GRACE_S

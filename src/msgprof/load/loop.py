@@ -19,6 +19,7 @@ import zmq
 
 from msgprof.config import ClientConfig
 from msgprof.load import solo
+from msgprof.load.barrier import StartBarrier
 from msgprof.load.capacity import Capacity
 from msgprof.load.echo import decode_echo
 from msgprof.load.rows import Rows
@@ -115,6 +116,8 @@ class Loop:
         self.starved_since = -1  # start of the current run of refusals
         # start="all_connected": first messages wait until every client has connected or failed.
         self.held = config.start == "all_connected" and config.messages != 0
+        self.barrier = (StartBarrier(config.start_barrier, self.connect_timeout_ns)
+                        if self.held and config.start_barrier else None)  # fmt: skip
         self.released_at = -1
         #: Messages the run is to send in all (a paced loop on a timer counts its schedule).
         self.planned = n * (config.messages or 0)
@@ -441,7 +444,8 @@ class Loop:
             self.fire(now)
             self.fill_connect_window(now)
             if self.held and self.next_to_start == self.n and self.connecting == 0:
-                self.release(now)
+                if self.barrier is None or self.barrier.passed(now):
+                    self.release(now)
             if self.n_done == self.n:
                 break
             if now >= next_progress:
@@ -454,8 +458,8 @@ class Loop:
                 wake = min(wake, self.msg_deadlines[0][0])
             if self.conn_deadlines:
                 wake = min(wake, self.conn_deadlines[0][0])
-            if self.starved_since >= 0:
-                wake = min(wake, now + 1_000_000)  # try to make sockets again soon
+            if self.starved_since >= 0 or self.held and self.barrier and self.barrier.waiting:
+                wake = min(wake, now + 1_000_000)  # sockets again soon, or the barrier
             wake = min(wake, self.next_timer(wake))
             if self.solo and solo.awaiting(self):
                 solo.receive(self, wake)
