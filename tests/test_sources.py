@@ -81,3 +81,17 @@ def test_only_a_loopback_server_is_reached_from_spread_addresses() -> None:
     assert connect_endpoint("tcp://127.0.0.1:9", "127.0.0.5") == "tcp://127.0.0.5:0;127.0.0.1:9"
     with pytest.raises(ValueError, match="outside 127.0.0.0/8"):
         client_sources("tcp://127.0.0.1:1", [2**31 - 1], 1)
+
+
+def test_a_connect_rate_spaces_the_connects(echo_recording_peers, tmp_path: Path):
+    """10 clients at 20 connects a second: connect() calls 50 ms apart, 0.45 s from first to
+    last (a storm would make them all within a few ms)."""
+    endpoint, _peers = echo_recording_peers
+    config = ClientConfig(endpoint, range(1, 11), 1, echo=True, connect_rate=20.0, timeout_s=5)
+    run_clients(config, tmp_path)
+    table = pq.read_table(tmp_path / "clients.parquet").to_pydict()
+    assert table["acked"] == [1] * 10
+    starts = sorted(table["t_connect_ns"])
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 49_000_000  # never two within the gap
+    assert 0.45e9 <= starts[-1] - starts[0] < 1.0e9

@@ -241,6 +241,12 @@ class LoadOptions(Checked):
         "28,000 ephemeral ports; 0: the kernel's choice, one address for all. "
         "Default: %(default)s",
     )
+    connect_rate: float | None = positive_float(
+        None,
+        metavar="C",
+        help="connects a second of each client process: a steady arrival instead of a storm. "
+        "Default: as fast as the connect window allows",
+    )
     client_rlimit_nofile: int | None = positive_int(
         None,
         help="soft RLIMIT_NOFILE of each client process (above the hard limit needs "
@@ -287,7 +293,6 @@ class ClientConfig(LoadOptions):
     """What one load-generator process plays (`msgprof client`). Times are seconds."""
 
     endpoint: str = setting(help="server endpoint, e.g. tcp://127.0.0.1:5555")
-    #: Ids this process plays; each gets its own DEALER socket and TCP connection.
     client_ids: Sequence[int] = setting(
         parse=parse_client_ids,
         show=format_client_ids,
@@ -315,8 +320,6 @@ class ClientConfig(LoadOptions):
         None,
         help="ZMQ MAX_SOCKETS of the client context. Default: sized from the number of clients",
     )
-    #: Resend mode: a lost connection or a missing reply does not stop a client; the message in
-    #: flight is sent again (same seq) on reconnect and on timeout, until settled or the deadline.
     resend: bool = switch(
         help="keep going through a lost connection or a missing ack: send the message in "
         "flight again (same seq) on reconnect and after --timeout-s, until it is acknowledged "
@@ -328,7 +331,6 @@ class ClientConfig(LoadOptions):
         "each sends once all (the number in DIR/parties) have connected, or after "
         "--connect-timeout-s",
     )
-    #: Echo mode: the peer sends each request back unchanged (msgprof calibrate's proxy).
     echo: bool = switch(
         help="the peer echoes each request unchanged (msgprof calibrate's proxy): a reply that "
         "repeats the message in flight counts as its ack",
@@ -468,7 +470,7 @@ _PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
 _RUN_OPTIONS = (
     *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
     "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
-    *_names(ServerOptions), "clients_per_source", "client_rlimit_nofile",
+    *_names(ServerOptions), "clients_per_source", "connect_rate", "client_rlimit_nofile",
 )  # fmt: skip
 _SERVER = (
     "data_dir", "ready_file", "bind", "max_sockets", "stats_out", "heartbeat_ms",

@@ -101,15 +101,13 @@ class Loop:
         self.resends = [0] * n
         self.reconnects = self.disconnects = self.stale_replies = 0  # run totals, resend mode
         self.conn_deadlines: deque[tuple[int, int]] = deque()  # (deadline, index)
-        self.next_to_start = 0
-        self.connecting = 0
-        self.n_connected = 0
+        self.next_to_start = self.connecting = self.n_connected = 0
         self.n_not_connected = self.n_refused = 0  # refused: the server refused the handshake
-        self.n_done = 0
-        self.n_acked = 0
-        self.n_errors = 0
-        self.first_send = -1
-        self.last_reply = -1
+        self.n_done = self.n_acked = self.n_errors = 0
+        self.first_send = self.last_reply = -1
+        # connect_rate: a connect() at most every gap, the next not before next_connect_at
+        self.connect_gap_ns = int(1e9 / config.connect_rate) if config.connect_rate else 0
+        self.next_connect_at = 0
         self.deadline_hit = False
         self.stopped = False  # a stop request ended the run
         self.socket_retries = 0  # socket creation refused (EMFILE), tried again later
@@ -134,11 +132,14 @@ class Loop:
 
     def fill_connect_window(self, now: int) -> None:
         while self.connecting < self.window and self.next_to_start < self.n:
+            if now < self.next_connect_at:
+                return
             if not self.start(self.next_to_start):
                 self.starved(now)
                 return
             self.next_to_start += 1
             self.starved_since = -1
+            self.next_connect_at = max(self.next_connect_at, now) + self.connect_gap_ns
 
     def starved(self, now: int) -> None:
         """No socket could be made (closed ones still await libzmq's reaper): try again on the
@@ -458,6 +459,8 @@ class Loop:
                 wake = min(wake, self.msg_deadlines[0][0])
             if self.conn_deadlines:
                 wake = min(wake, self.conn_deadlines[0][0])
+            if self.next_connect_at > now and self.next_to_start < self.n:
+                wake = min(wake, self.next_connect_at)
             if self.starved_since >= 0 or self.held and self.barrier and self.barrier.waiting:
                 wake = min(wake, now + 1_000_000)  # sockets again soon, or the barrier
             wake = min(wake, self.next_timer(wake))
