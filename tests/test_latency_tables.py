@@ -190,7 +190,9 @@ def test_tables_read_back_and_old_columns_stay_a_prefix(run: Path) -> None:
     assert str(again.points["measured_sends"].dtype) == "Int64"
     header = (run / "points.csv").read_text().splitlines()[0].split(",")
     assert header[: len(CLOSED_LOOP_COLUMNS)] == CLOSED_LOOP_COLUMNS
-    assert header[len(CLOSED_LOOP_COLUMNS) :] == analysis.PACE_COLUMNS + latency.POINT_COLUMNS
+    assert header[len(CLOSED_LOOP_COLUMNS) :] == (
+        analysis.PACE_COLUMNS + latency.POINT_COLUMNS + analysis.CAPACITY_COLUMNS
+    )
     assert REFERENCE.read_text().splitlines()[0].split(",") == header
 
 
