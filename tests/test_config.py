@@ -12,14 +12,8 @@ import yaml
 
 from msgprof import setting
 from msgprof.cli import _build_parser, _model, main
-from msgprof.config import (
-    COMMANDS,
-    ClientConfig,
-    PointConfig,
-    ServerConfig,
-    command_argv,
-    options,
-)
+from msgprof.commands import COMMANDS, command_argv, options
+from msgprof.config import ClientConfig, PointConfig, ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"

@@ -19,7 +19,7 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
-from msgprof import __version__, config
+from msgprof import __version__, commands
 from msgprof.setting import Setting, flag, settings_of
 
 _EPILOG_POINT = """\
@@ -99,8 +99,8 @@ def _argument_type(how: Setting) -> Callable[[str], Any]:
 
 
 def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
-    """The options of `command`, generated from its settings model (msgprof.config.COMMANDS)."""
-    _add_options(parser, config.options(command))
+    """The options of `command`, generated from its settings model (msgprof.commands.COMMANDS)."""
+    _add_options(parser, commands.options(command))
 
 
 def _add_options(
@@ -249,7 +249,7 @@ def _add_calibrate(sub: Any) -> None:
 
 def _model(args: argparse.Namespace, **fields: Any) -> Any:
     """The settings model of `args.command` from its parsed options (and `fields`)."""
-    command = config.COMMANDS[args.command]
+    command = commands.COMMANDS[args.command]
     names = settings_of(command.model)
     values = {name: getattr(args, name) for name in command.options if name in names}
     return command.model(**values, **fields)

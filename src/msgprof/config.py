@@ -5,9 +5,9 @@ PointConfig (`msgprof point` and `msgprof master`; the workflow's config/config.
 describe the same settings, and tests/test_config.py holds them to these defaults). Each field
 holds its default and how the command line gives and checks it (msgprof.setting). From these:
 
-- the options of `msgprof server|client|point|master` (msgprof.cli generates them from COMMANDS);
-- the command line of every child process (`command_argv`: the experiment starts its server and
-  client processes with it, the workflow its points and the master case);
+- the options of `msgprof server|client|point|master` and the command line of every child
+  process (msgprof.commands: the experiment starts its server and client processes with it, the
+  workflow its points and the master case);
 - the checks: a value is checked once, where it enters, by argparse when it comes from a command
   line and by the model's constructor when it comes from code, with the setting's one check.
 
@@ -17,26 +17,23 @@ server) and LoadOptions (what a point passes on to its client processes).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from dataclasses import MISSING, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from msgprof.client_ids import client_id_list, format_client_ids, parse_client_ids
 from msgprof.setting import (
     Checked,
-    Setting,
     choice,
     flag,
     non_negative_float,
     non_negative_int,
-    option_words,
     path,
     positive_float,
     positive_int,
     reworded,
     setting,
-    settings_of,
     switch,
 )
 
@@ -435,86 +432,11 @@ class PointConfig(LoadOptions, ServerOptions):
         return None if self.rate is None else self.rate * self.clients
 
 
-@dataclass(frozen=True, kw_only=True)
-class RunArguments:
-    """Command-line arguments that are no setting of a model: where a run writes its outputs,
-    how `point` and `master` exit, and the master case's ramp. Never constructed."""
-
-    out: Path = path(MISSING, help="output directory (created)")
-    strict: bool = switch(
-        help="exit 1 unless the verdict is ok (by default a run that hits a limit is a result, "
-        "exit 0)",
-    )
-    steps: str = setting(
-        help="ramp-up steps as CLIENTSxMESSAGES, comma separated, e.g. 10x100,50x200,100x400"
-    )
-
-
-# --- the commands ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Command:
-    """A `msgprof` subcommand that takes settings: its model and its options in --help order
-    (fields of the model, or of RunArguments)."""
-
-    model: type
-    options: tuple[str, ...]
-
-
-def _names(model: type) -> tuple[str, ...]:
+def setting_names(model: type) -> tuple[str, ...]:
     return tuple(f.name for f in fields(model))
-
-
-_PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
-_RUN_OPTIONS = (
-    *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
-    "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
-    *_names(ServerOptions), "clients_per_source", "connect_rate", "client_rlimit_nofile",
-)  # fmt: skip
-_SERVER = (
-    "data_dir", "ready_file", "bind", "max_sockets", "stats_out", "heartbeat_ms",
-    "handshake_timeout_ms", "curve_secret", "curve_allow", *_names(ServerOptions),
-)  # fmt: skip
-_CLIENT = (
-    "endpoint", "client_ids", "messages", *_names(LoadOptions), "connect_window", "event_loop",
-    "max_sockets", "resend", "start_barrier", "echo", "curve_secret", "curve_server_key", "out",
-)  # fmt: skip
-COMMANDS = {
-    "server": Command(ServerConfig, _SERVER),
-    "client": Command(ClientConfig, _CLIENT),
-    "point": Command(
-        PointConfig, ("clients", "messages", "duration_s", "first_client_id", *_RUN_OPTIONS)
-    ),
-    "master": Command(PointConfig, ("steps", *_RUN_OPTIONS)),
-}
-
-
-def options(command: str) -> Iterator[tuple[str, Any, Setting]]:
-    """(name, default, setting) of each option of `command`, in --help order; the default is
-    dataclasses.MISSING for a required option."""
-    known = settings_of(RunArguments) | settings_of(COMMANDS[command].model)
-    for name in COMMANDS[command].options:
-        spec, how = known[name]
-        yield name, spec.default, how
 
 
 def shared(model: type, config: Any) -> dict[str, Any]:
     """The values of `config` for the settings of `model`, a base it shares with another role
     (what a point passes on to its server: shared(ServerOptions, point))."""
-    return {name: getattr(config, name) for name in _names(model)}
-
-
-def command_argv(command: str, config: Any, **per_run: Any) -> list[str]:
-    """`[command, options...]`: the command line that gives a `msgprof COMMAND` child process
-    the settings of `config` (a model of that command) and the per-run arguments (`out=`,
-    `steps=`). Every option with a value is given, in --help order: a switch when on, an
-    option unless None; so a child never depends on a default it might not share."""
-    unknown = set(per_run) - set(COMMANDS[command].options)
-    if unknown:
-        raise ValueError(f"msgprof {command} takes no {', '.join(map(flag, sorted(unknown)))}")
-    argv = [command]
-    for name, _default, how in options(command):
-        value = per_run[name] if name in per_run else getattr(config, name, None)
-        argv += option_words(name, value, how)
-    return argv
+    return {name: getattr(config, name) for name in setting_names(model)}

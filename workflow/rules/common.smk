@@ -8,11 +8,13 @@ from pathlib import Path
 from snakemake.utils import validate
 
 try:
-    from msgprof.config import PointConfig, command_argv
+    from msgprof.commands import command_argv
+    from msgprof.config import PointConfig
 except ImportError:
     # A snakemake without msgprof beside it (--software-deployment-method conda) uses this one.
     sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-    from msgprof.config import PointConfig, command_argv
+    from msgprof.commands import command_argv
+    from msgprof.config import PointConfig
 
 validate(config, workflow.source_path("../schemas/config.schema.yaml"))
 

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import zmq
 
 from msgprof import __version__, atomic, stats
-from msgprof.config import ClientConfig, PointConfig, command_argv
+from msgprof.commands import command_argv
+from msgprof.config import ClientConfig, PointConfig
 from msgprof.experiment import launch, sysinfo
 from msgprof.experiment.clients import CLIENT_GRACE_S, read_client_docs, split_ids
 from msgprof.experiment.lifecycle import ChildProcesses, msgprof_argv, wait_ready

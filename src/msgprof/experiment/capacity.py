@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from msgprof import atomic, config, limits
+from msgprof import atomic, commands, limits
 from msgprof.config import PointConfig
 from msgprof.experiment import budget
 from msgprof.experiment.bisection import Bisection, whole_steps
@@ -124,7 +124,7 @@ class CapacityArguments:
 
 def point_options() -> Iterator[tuple[str, Any, Setting]]:
     """The options of `msgprof point` a search passes on to every probe."""
-    for name, default, how in config.options("point"):
+    for name, default, how in commands.options("point"):
         if name not in NOT_FROM_POINT:
             yield name, DEFAULTS.get(name, default), how
 

@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msgprof import histlog
-from msgprof.config import ClientConfig, LoadOptions, PointConfig, command_argv, shared
+from msgprof.commands import command_argv
+from msgprof.config import ClientConfig, LoadOptions, PointConfig, shared
 from msgprof.experiment import launch
 from msgprof.experiment.lifecycle import ChildProcesses, msgprof_argv, read_json
 from msgprof.experiment.offered import merge_logs

@@ -39,7 +39,7 @@ from dataclasses import MISSING, asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from msgprof import atomic, config
+from msgprof import atomic, commands
 from msgprof.config import LoadOptions, PointConfig
 from msgprof.experiment.bisection import STOP_RATIO, Bisection, three_figures
 from msgprof.setting import (
@@ -134,7 +134,7 @@ class KneeArguments:
 def point_options() -> Iterator[tuple[str, Any, Setting]]:
     """The options of `msgprof point` a search passes on to every probe (warm-up by default
     WARMUP_S: a probe is short, and its first seconds are not the steady state)."""
-    for name, default, how in config.options("point"):
+    for name, default, how in commands.options("point"):
         if name not in NOT_FROM_POINT:
             yield name, WARMUP_S if name == "warmup_s" else default, how
 

@@ -26,7 +26,8 @@ from typing import IO, Any
 import pyarrow as pa
 
 from msgprof import atomic
-from msgprof.config import PointConfig, ServerConfig, ServerOptions, command_argv, shared
+from msgprof.commands import command_argv
+from msgprof.config import PointConfig, ServerConfig, ServerOptions, shared
 from msgprof.experiment import budget, launch, sysinfo
 from msgprof.experiment.monitor import ResourceMonitor
 from msgprof.experiment.stopping import Interruption, die_with_parent
@@ -44,7 +45,7 @@ REAP_TIMEOUT_S = 10.0
 
 
 def msgprof_argv(argv: list[str]) -> list[str]:
-    """`argv` (from config.command_argv) run by this interpreter's msgprof."""
+    """`argv` (from commands.command_argv) run by this interpreter's msgprof."""
     return [sys.executable, "-m", "msgprof", *argv]
 
 
