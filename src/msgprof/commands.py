@@ -54,7 +54,8 @@ class Command:
 _PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
 _RUN_OPTIONS = (
     *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
-    "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
+    "data_dir", "start", "keep_queues", "profile", "profile_rate_hz", "profile_native",
+    "strict", "curve", "out", "launcher", "bind",
     *setting_names(ServerOptions), "clients_per_source", "connect_rate", "client_rlimit_nofile",
 )  # fmt: skip
 _SERVER = (
@@ -62,8 +63,9 @@ _SERVER = (
     "handshake_timeout_ms", "curve_secret", "curve_allow", *setting_names(ServerOptions),
 )  # fmt: skip
 _CLIENT = (
-    "endpoint", "client_ids", "messages", *setting_names(LoadOptions), "connect_window", "event_loop",
-    "max_sockets", "resend", "start_barrier", "echo", "curve_secret", "curve_server_key", "out",
+    "endpoint", "client_ids", "messages", *setting_names(LoadOptions), "connect_window",
+    "event_loop", "max_sockets", "resend", "start_barrier", "echo", "curve_secret",
+    "curve_server_key", "out",
 )  # fmt: skip
 COMMANDS = {
     "server": Command(ServerConfig, _SERVER),

@@ -393,6 +393,17 @@ class PointConfig(LoadOptions, ServerOptions):
         "deleted after verification unless --keep-queues",
     )
     keep_queues: bool = switch(help="keep the queue files after verification")
+    #: msgprof.experiment.profiler: where the server's CPU goes, sampled for the whole point.
+    profile: bool = switch(
+        help="sample the server with py-spy for the whole point: OUT/profile/ gets "
+        "server.speedscope.json and top.csv (CPU share per function)",
+    )
+    profile_rate_hz: int = positive_int(
+        100, help="with --profile: samples a second. Default: %(default)s"
+    )
+    profile_native: bool = switch(
+        help="with --profile: sample the C frames too (libzmq, the interpreter)"
+    )
     #: CURVE on: keys are made for the run in keys_dir.
     curve: bool = switch(
         help="encrypt and authenticate with CURVE: fresh keys for the server and the clients of "

@@ -17,10 +17,24 @@ from msgprof.config import PointConfig
 from msgprof.experiment import netstat
 from msgprof.experiment.clients import Load, run_load
 from msgprof.experiment.lifecycle import Run
+from msgprof.experiment.profiler import ServerProfiler
 from msgprof.experiment.progress import Progress
 from msgprof.experiment.summary import write_point
 
 log = logging.getLogger("msgprof.point")
+
+
+def start_profiler(config: PointConfig, run: Run) -> ServerProfiler | None:
+    """py-spy on the server with --profile (None without); one that cannot start says why in
+    the log and in point.json, and the point measures on."""
+    if not config.profile or run.server.process is None:
+        return None
+    profiler = ServerProfiler(
+        run.out_dir / "profile", config.profile_rate_hz, config.profile_native
+    )
+    if not profiler.start(run.server.process.pid):
+        log.warning("the server is not profiled: %s", profiler.reason)
+    return profiler
 
 
 def load_acked(load: Load) -> int:
@@ -50,6 +64,7 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     config = run.config
     timings: dict[str, float] = {}
     load = Load([], None, None, [])
+    profile: dict[str, Any] = {"profiled": False, "reason": None if config.profile else "off"}
     counters = netstat.read_counters()
     with run:
         t0 = time.monotonic()
@@ -59,10 +74,13 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
             run.problems.append("server_failed")
         else:
             log.info("server ready at %s (%.2f s)", endpoint, timings["server_start_s"])
+            profiler = start_profiler(config, run)
             t1 = time.monotonic()
             with Progress(run.work, config.clients, run.server.monitor):
                 load = run_load(config, endpoint, run.work, run.out_dir, run.procs, run.problems)
             timings["clients_wall_s"] = time.monotonic() - t1
+            if profiler is not None:
+                profile = profiler.stop()
         tcp = netstat.deltas(counters, netstat.read_counters())
         t2 = time.monotonic()
         server_stats = run.server.stop(run.problems)
@@ -77,7 +95,7 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     timings["verify_s"] = time.monotonic() - t3
     if record_process_limits(run.limits, server_stats, load.docs):
         atomic.write_json(run.out_dir / "limits.json", run.limits)
-    extra: dict[str, Any] = {"kernel_tcp": tcp}
+    extra: dict[str, Any] = {"kernel_tcp": tcp, "profile": profile}
     if run.interruption.requested:
         extra["interrupted_by"] = run.interruption.signal
     document = write_point(

@@ -1,0 +1,183 @@
+"""Where the server's CPU goes: py-spy samples it for the whole point.
+
+py-spy (a PyPI package that ships its own binary) attaches to the running server by pid, as
+root or with CAP_SYS_PTRACE, and records every `rate_hz`-th of a second the stack of each thread
+that is not idle, aggregated by function (`--function`); `native` adds the C frames of libzmq
+and the interpreter. From its collapsed stacks the point's profile/ directory gets:
+
+- server.speedscope.json: the samples, to open in https://www.speedscope.app;
+- top.csv: one row per function: `function`, `file`, `line` (its first line), `self_pct` (share
+  of the samples in which it was running itself), `total_pct` (share in which it was on the
+  stack), `samples` (the samples in which it was on the stack);
+- server.collapsed: py-spy's own output (one line per stack: frames joined by ';', a count).
+
+A profiler that cannot start (no binary, not permitted) or dies leaves the point measuring as it
+would have: the reason is recorded, never a failed point.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from msgprof import atomic
+
+#: Seconds py-spy gets to attach before the point goes on without it, and to write its file.
+ATTACH_S = 0.5
+STOP_TIMEOUT_S = 30.0
+TOP_COLUMNS = ["function", "file", "line", "self_pct", "total_pct", "samples"]
+
+
+def py_spy() -> str | None:
+    """The py-spy binary: beside this interpreter (its venv), else on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy")
+
+
+def parse_frame(frame: str) -> tuple[str, str, int]:
+    """(function, file, line) of a py-spy frame `name (file:line)`; file "" when it has none."""
+    name, _, where = frame.rpartition(" (")
+    if not name or not where.endswith(")"):
+        return frame, "", 0
+    file, _, line = where[:-1].rpartition(":")
+    return name, file, int(line) if line.isdigit() else 0
+
+
+def read_collapsed(path: Path) -> list[tuple[list[str], int]]:
+    """The stacks of a collapsed file: (frames outermost first, samples)."""
+    stacks = []
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stacks.append((stack.split(";"), int(count)))
+    return stacks
+
+
+def top_rows(stacks: list[tuple[list[str], int]]) -> list[dict[str, Any]]:
+    """top.csv's rows, the most self time first."""
+    total = sum(count for _frames, count in stacks)
+    own: Counter[str] = Counter()
+    on_stack: Counter[str] = Counter()
+    for frames, count in stacks:
+        own[frames[-1]] += count
+        for frame in set(frames):
+            on_stack[frame] += count
+    rows = []
+    for frame, samples in on_stack.items():
+        function, file, line = parse_frame(frame)
+        rows.append({"function": function, "file": file, "line": line,
+                     "self_pct": round(100 * own[frame] / total, 3),
+                     "total_pct": round(100 * samples / total, 3), "samples": samples})  # fmt: skip
+    return sorted(rows, key=lambda r: (-r["self_pct"], -r["total_pct"], r["function"]))
+
+
+def speedscope(stacks: list[tuple[list[str], int]], name: str) -> dict[str, Any]:
+    """The samples in speedscope's file format (a "sampled" profile, weights in samples)."""
+    index: dict[str, int] = {}
+    frames: list[dict[str, Any]] = []
+    samples, weights = [], []
+    for stack, count in stacks:
+        ids = []
+        for frame in stack:
+            if frame not in index:
+                index[frame] = len(frames)
+                function, file, line = parse_frame(frame)
+                frames.append({"name": function, "file": file, "line": line})
+            ids.append(index[frame])
+        samples.append(ids)
+        weights.append(count)
+    return {
+        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "shared": {"frames": frames},
+        "profiles": [{"type": "sampled", "name": name, "unit": "none", "startValue": 0,
+                      "endValue": sum(weights), "samples": samples, "weights": weights}],
+        "name": name,
+        "exporter": "msgprof",
+    }  # fmt: skip
+
+
+class ServerProfiler:
+    """py-spy on one process for as long as it runs or until `stop()`."""
+
+    def __init__(self, out_dir: Path, rate_hz: int, native: bool, name: str = "server") -> None:
+        self.dir = Path(out_dir)
+        self.rate_hz = rate_hz
+        self.native = native
+        self.name = name
+        self.process: subprocess.Popen | None = None
+        self.reason: str | None = None
+
+    @property
+    def collapsed(self) -> Path:
+        return self.dir / f"{self.name}.collapsed"
+
+    def start(self, pid: int) -> bool:
+        """Attach to `pid`; False (with `reason`) when py-spy is missing or cannot attach."""
+        binary = py_spy()
+        if binary is None:
+            self.reason = "py-spy not found (pip install py-spy)"
+            return False
+        self.dir.mkdir(parents=True, exist_ok=True)
+        argv = [binary, "record", "--pid", str(pid), "--rate", str(self.rate_hz), "--function",
+                "--format", "raw", "--output", str(self.collapsed)]  # fmt: skip
+        if self.native:
+            argv.append("--native")
+        log = open(self.dir / f"{self.name}.py-spy.log", "wb")
+        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        time.sleep(ATTACH_S)
+        if self.process.poll() is not None:
+            self.reason = self._failure()
+            self.process = None
+            return False
+        return True
+
+    def _failure(self) -> str:
+        text = (self.dir / f"{self.name}.py-spy.log").read_text(errors="replace").strip()
+        last = text.splitlines()[-1] if text else "no output"
+        if "ermission" in text or "ptrace" in text.lower():
+            return f"py-spy may not attach (run as root, or grant CAP_SYS_PTRACE): {last}"
+        return f"py-spy exited: {last}"
+
+    def stop(self) -> dict[str, Any]:
+        """Stop sampling, write the profile files; what point.json records of it."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                self.reason = "py-spy did not stop within 30 s"
+        stacks = read_collapsed(self.collapsed) if self.collapsed.is_file() else []
+        if stacks:
+            atomic.write_text(self.dir / f"{self.name}.speedscope.json",
+                              json.dumps(speedscope(stacks, self.name)))  # fmt: skip
+            self._write_top(top_rows(stacks))
+        elif self.reason is None and self.process is not None:
+            self.reason = "py-spy recorded no sample"
+        return {
+            "profiled": bool(stacks),
+            "reason": self.reason,
+            "rate_hz": self.rate_hz,
+            "native": self.native,
+            "samples": sum(count for _frames, count in stacks),
+        }
+
+    def _write_top(self, rows: list[dict[str, Any]]) -> None:
+        def write(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=TOP_COLUMNS)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic.replace_into(self.dir / "top.csv", write)

@@ -1,0 +1,71 @@
+"""Server-side profiling: py-spy samples the server of a real point, and the profile names the
+server's own hot path; a profiler that cannot start leaves the point measuring."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from msgprof.config import PointConfig
+from msgprof.experiment import profiler
+from msgprof.experiment.point import run_point
+
+COLLAPSED = """\
+<module> (msgprof/__main__.py:1);Server.run (msgprof/server/server.py:250);Server._serve_burst (msgprof/server/server.py:264) 6
+<module> (msgprof/__main__.py:1);Server.run (msgprof/server/server.py:250) 3
+Thread.run (threading.py:975);_Background._flusher (msgprof/store/modes.py:120) 1
+"""  # noqa: E501
+
+
+def test_top_rows_and_speedscope_from_collapsed_stacks(tmp_path: Path) -> None:
+    path = tmp_path / "server.collapsed"
+    path.write_text(COLLAPSED)
+    stacks = profiler.read_collapsed(path)
+    rows = {r["function"]: r for r in profiler.top_rows(stacks)}
+    assert rows["Server._serve_burst"] == {"function": "Server._serve_burst",
+        "file": "msgprof/server/server.py", "line": 264, "self_pct": 60.0, "total_pct": 60.0,
+        "samples": 6}  # fmt: skip
+    assert (rows["Server.run"]["self_pct"], rows["Server.run"]["total_pct"]) == (30.0, 90.0)
+    assert rows["<module>"]["self_pct"] == 0.0 and rows["<module>"]["samples"] == 9
+    doc = profiler.speedscope(stacks, "server")
+    assert doc["profiles"][0]["weights"] == [6, 3, 1]
+    frames = doc["shared"]["frames"]
+    assert [frames[i]["name"] for i in doc["profiles"][0]["samples"][0]] == [
+        "<module>", "Server.run", "Server._serve_burst"]  # fmt: skip
+
+
+@pytest.mark.skipif(profiler.py_spy() is None, reason="py-spy is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="py-spy attaches to another process as root")
+def test_a_profiled_point_names_the_servers_hot_path(tmp_path: Path) -> None:
+    config = PointConfig(clients=100, messages=300, profile=True, profile_rate_hz=200)
+    doc = run_point(config, tmp_path / "p")
+    assert doc["verdict"] in ("ok", "generator_behind")
+    assert doc["profile"]["profiled"] and doc["profile"]["reason"] is None
+    assert doc["profile"]["samples"] > 20
+    profile = tmp_path / "p" / "profile"
+    with open(profile / "top.csv") as f:
+        rows = list(csv.DictReader(f))
+    files = {row["file"] for row in rows}
+    assert "msgprof/server/server.py" in files  # the serving loop
+    assert any(file.startswith("msgprof/store/") for file in files)  # the store
+    assert any(row["function"] == "Server._serve_burst" for row in rows)
+    speedscope = json.loads((profile / "server.speedscope.json").read_text())
+    assert speedscope["profiles"][0]["type"] == "sampled"
+
+
+def test_a_profiler_that_cannot_start_leaves_the_point_measuring(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(profiler, "py_spy", lambda: None)  # as on a host without py-spy
+    doc = run_point(PointConfig(clients=5, messages=20, profile=True), tmp_path / "p")
+    assert doc["verdict"] == "ok" and doc["acked"] == 100
+    assert doc["profile"] == {"profiled": False, "reason": "py-spy not found (pip install py-spy)",
+                              "rate_hz": 100, "native": False, "samples": 0}  # fmt: skip
+
+
+def test_a_point_without_profile_says_so(tmp_path: Path) -> None:
+    doc = run_point(PointConfig(clients=2, messages=5), tmp_path / "p")
+    assert doc["profile"] == {"profiled": False, "reason": "off"}
+    assert not (tmp_path / "p" / "profile").exists()
