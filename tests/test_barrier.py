@@ -41,3 +41,4 @@ def test_every_client_of_a_point_is_connected_at_once(tmp_path: Path) -> None:
     doc = run_point(PointConfig(clients=2000, messages=1, processes=2), tmp_path / "p")
     assert doc["verdict"] == "ok"
     assert doc["server"]["peak_connections"] == 2000
+    assert [p["start_barrier_timed_out"] for p in doc["client_processes_detail"]] == [False] * 2

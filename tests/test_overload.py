@@ -136,9 +136,8 @@ def test_storm_of_simultaneous_connects_does_not_starve_the_store(tmp_path):
     assert sum(d["refused"] for d in docs) > 0
     stats = json.loads(stats_path.read_text())
     assert stats["connections"]["peak_admitted"] <= BUDGET
-    gatekeeper = stats["connections"]["gatekeeper"]  # it listens once the budget is near
-    assert 0 < gatekeeper["listens_from"] <= BUDGET - 64 - 16  # a burst and a guard below
-    assert gatekeeper["listening_at"] is not None
+    gatekeeper = stats["connections"]["gatekeeper"]  # a budget this small: asked from the start
+    assert gatekeeper == {"listens_from": 0, "listening_at": 0}
     assert stats["store"]["flush_errors"] == {}
     rtt = pa.concat_tables([pq.read_table(tmp_path / f"c{k}" / "rtt.parquet") for k in range(2)])
     check = verify_queues(tmp_path / "queues", rtt, 64)

@@ -10,6 +10,7 @@ runs.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -266,7 +267,6 @@ def _cmd_client(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from msgprof import atomic
     from msgprof.load.client import progress_line, run_clients
 
     log = logging.getLogger("msgprof.client")
@@ -278,9 +278,16 @@ def _cmd_client(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     def progress(counts: dict[str, int]) -> None:
-        """Logged, and kept in OUT/progress.json for the point that started this process."""
+        """Logged, and kept in OUT/progress.json for the point that started this process:
+        renamed into place, not synced (an fsync would stall the loop behind the server's
+        disk), and a failed write (a full disk, no descriptor left) is no failed client."""
         log.info("%s", progress_line(counts))
-        atomic.write_json(args.out / "progress.json", counts)
+        tmp = args.out / ".progress.json.tmp"
+        try:
+            tmp.write_text(json.dumps(counts))
+            os.replace(tmp, args.out / "progress.json")
+        except OSError:
+            pass
 
     summary = run_clients(_model(args), args.out, progress=progress, stop=stop)
     if summary["stopped"]:

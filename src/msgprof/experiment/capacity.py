@@ -335,7 +335,7 @@ class CapacityRun:
         search = Bisection(
             self.search.lo, None, self.search.probes,
             stop_ratio=1 + self.search.precision, rounding=whole_steps(step), min_gap=step,
-            limit=float(max(self.most, self.search.lo)),
+            limit=float(max(self.most // step * step, self.search.lo)),
         )  # fmt: skip
         self.write(self.result(search))
         try:

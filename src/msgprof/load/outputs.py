@@ -272,6 +272,8 @@ def _limits(config: ClientConfig, loop: Loop, capacity: Capacity) -> dict[str, A
         "max_sockets": capacity.max_sockets,
         "fds_needed": capacity.fds_needed,
         "socket_retries": loop.socket_retries,
+        # the point's other client processes were not all connected within the connect timeout
+        "start_barrier_timed_out": bool(loop.barrier and loop.barrier.timed_out),
         "rlimit_nofile": capacity.rlimit_nofile,
         "rlimit_nofile_hard": capacity.rlimit_nofile_hard,
         "pyzmq": zmq.pyzmq_version(),

@@ -95,6 +95,8 @@ def descriptors_for(connections: int, max_open_files: int, backlog: int) -> int:
 #: Descriptors the gate keeps free beyond one accept burst: what libzmq accepts before the
 #: gatekeeper's thread has read the events of the accepts so far.
 GATE_GUARD = 16
+#: Accept bursts (each with its guard) below the budget from which the gatekeeper listens.
+GATEKEEPER_MARGIN = 4
 #: The gate opens again this many connections below where it closed (fewer toggles in a storm).
 GATE_HYSTERESIS = 4
 #: Seconds after the gate opens in which new connections still get its filter taken off.
@@ -213,12 +215,16 @@ class Admission:
 
     @property
     def gatekeeper_from(self) -> int:
-        """Open connections from which every handshake is asked."""
-        return max(0, self.max_connections - self.queue - GATE_GUARD)
+        """Open connections from which every handshake is asked: GATEKEEPER_MARGIN bursts (and
+        guards), or a quarter of the budget, below it. Handshakes under way when the handler
+        binds complete unasked, and in a storm libzmq's I/O thread completes hundreds while the
+        gatekeeper's thread waits for the interpreter lock; a small budget is asked from the
+        start."""
+        margin = max(GATEKEEPER_MARGIN * (self.queue + GATE_GUARD), self.max_connections // 4)
+        return max(0, self.max_connections - margin)
 
     def wants_gatekeeper(self) -> bool:
-        """Whether handshakes must now be asked: the open connections came within one accept
-        burst and a guard of the budget (below it every one would be admitted)."""
+        """Whether handshakes must now be asked (below the mark every one would be admitted)."""
         return self.open_connections >= self.gatekeeper_from
 
     def gatekeeper_listens(self) -> None:
@@ -255,9 +261,10 @@ class Admission:
             self.succeeded += 1
             if self._pending:
                 self._pending.popleft()
-            elif self.gatekeeper_listening_at is None:  # admitted without being asked
+            else:  # admitted without being asked: before the gatekeeper listened
                 self.admitted += 1
-                self.peak_admitted = max(self.peak_admitted, self._admitted_estimate())
+                if self.gatekeeper_listening_at is None:  # no refusal yet skews the estimate
+                    self.peak_admitted = max(self.peak_admitted, self._admitted_estimate())
         elif event == _ACCEPT_FAILED:
             name = errno.errorcode.get(value, str(value))
             self.accept_failed[name] += 1

@@ -102,42 +102,38 @@ class Gatekeeper:
         # no handler bound is not asked (libzmq goes on without ZAP), and one that is asked
         # keeps a pipe to the handler for its connection's whole life.
         self._listen_when = listen_when if allowed is None else None
-        self._sock: zmq.Socket | None = None
-        if self._listen_when is None:
+        # Made now, bound when needed: a socket takes a descriptor, which a storm near the
+        # limit may leave none of; an unbound one is asked by no handshake.
+        self._sock = ctx.socket(zmq.REP)
+        self._sock.linger = 0
+        self.listening = False
+        if self._listen_when is None or self._listen_when():
             self._bind()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="msgprof-zap", daemon=True)
         self._thread.start()
 
-    @property
-    def listening(self) -> bool:
-        return self._sock is not None
-
-    def _bind(self) -> zmq.Socket:
-        self._sock = self._ctx.socket(zmq.REP)
-        self._sock.linger = 0
+    def _bind(self) -> None:
         self._sock.bind(self.ENDPOINT)
+        self.listening = True
         if self._on_listen is not None:
             self._on_listen()
-        return self._sock
 
     def _serve(self) -> None:
         poller = zmq.Poller()
-        if self._sock is not None:
-            poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._sock, zmq.POLLIN)
         poller.register(self._monitor, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(100))
                 self._drain_monitor()
-                if self._sock is None and self._listen_when is not None and self._listen_when():
-                    poller.register(self._bind(), zmq.POLLIN)
-                if self._sock is not None and self._sock in ready:
+                if not self.listening and self._listen_when is not None and self._listen_when():
+                    self._bind()
+                if self._sock in ready:
                     self._answer_waiting()
             self._drain_monitor()
         finally:  # closed by the thread that used them
-            if self._sock is not None:
-                self._sock.close(linger=0)
+            self._sock.close(linger=0)
             self._monitor.close(linger=0)
 
     def _drain_monitor(self, most: int = DRAIN_MAX) -> None:
@@ -150,7 +146,6 @@ class Gatekeeper:
             on_event(*unpack(frames[0]))
 
     def _answer_waiting(self) -> None:
-        assert self._sock is not None
         for _ in range(self.ANSWER_MAX):
             try:
                 request = self._sock.recv_multipart(zmq.NOBLOCK)
@@ -171,7 +166,6 @@ class Gatekeeper:
         elif not self.admit():
             status, text = b"400", b"server full"
             self.refused_full += 1
-        assert self._sock is not None
         self._sock.send_multipart([version, request_id, status, text, b"", b""])
 
     def stop(self) -> None:
