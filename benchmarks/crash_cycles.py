@@ -48,7 +48,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from msgprof.config import ClientConfig, PointConfig, command_argv
+from msgprof.commands import command_argv
+from msgprof.config import ClientConfig, PointConfig
 from msgprof.experiment.lifecycle import (
     ChildProcesses,
     ServerRun,

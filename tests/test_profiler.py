@@ -13,6 +13,8 @@ import pytest
 from msgprof.config import PointConfig
 from msgprof.experiment import profiler
 from msgprof.experiment.point import run_point
+from msgprof.report import analysis
+from msgprof.report.profile_table import TOP_N
 
 COLLAPSED = """\
 <module> (msgprof/__main__.py:1);Server.run (msgprof/server/server.py:250);Server._serve_burst (msgprof/server/server.py:264) 6
@@ -42,11 +44,12 @@ def test_top_rows_and_speedscope_from_collapsed_stacks(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="py-spy attaches to another process as root")
 def test_a_profiled_point_names_the_servers_hot_path(tmp_path: Path) -> None:
     config = PointConfig(clients=100, messages=300, profile=True, profile_rate_hz=200)
-    doc = run_point(config, tmp_path / "p")
+    point = tmp_path / "run" / "points" / "100-300-1"  # a sweep point of a run directory
+    doc = run_point(config, point)
     assert doc["verdict"] in ("ok", "generator_behind")
     assert doc["profile"]["profiled"] and doc["profile"]["reason"] is None
     assert doc["profile"]["samples"] > 20
-    profile = tmp_path / "p" / "profile"
+    profile = point / "profile"
     with open(profile / "top.csv") as f:
         rows = list(csv.DictReader(f))
     files = {row["file"] for row in rows}
@@ -55,6 +58,12 @@ def test_a_profiled_point_names_the_servers_hot_path(tmp_path: Path) -> None:
     assert any(row["function"] == "Server._serve_burst" for row in rows)
     speedscope = json.loads((profile / "server.speedscope.json").read_text())
     assert speedscope["profiles"][0]["type"] == "sampled"
+    # profile.csv: the point's top functions after its columns
+    table = analysis.read_tables(tmp_path / "run").profile
+    assert list(table["rank"]) == list(range(1, min(len(rows), TOP_N) + 1))
+    assert set(table["point"]) == {"100-300-1"} and set(table["clients"]) == {100}
+    assert "Server._serve_burst" in set(table["function"])
+    assert table["self_pct"].sum() <= 100.01  # each share rounded to 3 decimals
 
 
 def test_a_profiler_that_cannot_start_leaves_the_point_measuring(tmp_path, monkeypatch) -> None:
@@ -69,3 +78,10 @@ def test_a_point_without_profile_says_so(tmp_path: Path) -> None:
     doc = run_point(PointConfig(clients=2, messages=5), tmp_path / "p")
     assert doc["profile"] == {"profiled": False, "reason": "off"}
     assert not (tmp_path / "p" / "profile").exists()
+
+
+def test_a_run_without_profiles_reads_as_no_rows(tmp_path: Path) -> None:
+    from msgprof.report.profile_table import read_profile
+
+    table = read_profile(tmp_path / "profile.csv", analysis.KEY_COLUMNS)  # an older run: none
+    assert table.empty and list(table.columns)[-1] == "samples"

@@ -31,6 +31,11 @@ rule analysis:
             caption="../report/latency.rst",
             category="Tables",
         ),
+        profile=report(
+            f"{RESULTS}/profile.csv",
+            caption="../report/profile.rst",
+            category="Tables",
+        ),
     log:
         f"{RESULTS}/logs/analysis.log",
     conda:

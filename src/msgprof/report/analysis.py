@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from msgprof import atomic
 from msgprof.report import host_tables, latency
+from msgprof.report.profile_table import profile_rows, profile_table, read_profile
 from msgprof.stats import quantile, quantiles, resource_summary
 
 log = logging.getLogger("msgprof.analysis")
@@ -43,17 +44,9 @@ PHASES = ("sweep", "ramp_up", "ramp_down")
 
 #: Columns identifying a point or step; both tables start with them.
 KEY_COLUMNS = [
-    "run",
-    "point",
-    "phase",
-    "step",
-    "clients",
-    "messages",
-    "rep",
-    "payload_bytes",
-    "ack_after",
+    "run", "point", "phase", "step", "clients", "messages", "rep", "payload_bytes", "ack_after",
     "curve",
-]
+]  # fmt: skip
 
 #: analysis.csv: one row per client per point or step.
 CLIENT_COLUMNS = KEY_COLUMNS + [
@@ -408,10 +401,13 @@ class Tables(NamedTuple):
     resources: pd.DataFrame  # resources.csv
     limits: pd.DataFrame  # limits.csv
     latency: pd.DataFrame  # latency.csv
+    profile: pd.DataFrame  # profile.csv
 
 
 #: File name of each table in the run directory.
-FILES = Tables("analysis.csv", "points.csv", "resources.csv", "limits.csv", "latency.csv")
+FILES = Tables(
+    "analysis.csv", "points.csv", "resources.csv", "limits.csv", "latency.csv", "profile.csv"
+)
 
 
 class _Rows:
@@ -423,6 +419,7 @@ class _Rows:
         self.resources: list[pd.DataFrame] = []
         self.limits: list[dict[str, Any]] = []
         self.latency = latency.Configurations()
+        self.profile: list[dict[str, Any]] = []
 
     def add_point(self, keys: dict[str, Any], doc: dict[str, Any], path: Path) -> None:
         clients = client_rows(keys, path)
@@ -437,6 +434,7 @@ class _Rows:
         row = point_row(keys, doc, path, clients, limits or {}, samples)
         self.points.append(row | latency.point_columns(doc, hists))
         self.latency.add(keys, doc, hists)
+        self.profile += profile_rows({k: keys[k] for k in KEY_COLUMNS}, path)
 
     def add_samples(self, keys: dict[str, Any], samples: pa.Table | None) -> None:
         frame = host_tables.resource_rows(keys, samples)
@@ -466,6 +464,7 @@ class _Rows:
             host_tables.in_point_order(resources, order),
             host_tables.in_point_order(limits, order),
             _rounded(_typed(configurations, latency.TABLE_COLUMNS, latency.TABLE_INTS)),
+            profile_table(self.profile, KEY_COLUMNS),
         )
 
 
@@ -484,7 +483,7 @@ def collect(run_dir: Path | str) -> Tables:
 
 
 def write_tables(run_dir: Path | str) -> Tables:
-    """Write the five tables into run_dir atomically; return their paths."""
+    """Write the six tables into run_dir atomically; return their paths."""
     run_dir = Path(run_dir)
     paths = [
         atomic.write_text(run_dir / name, frame.to_csv(index=False, lineterminator="\n"))
@@ -494,9 +493,9 @@ def write_tables(run_dir: Path | str) -> Tables:
 
 
 def read_tables(run_dir: Path | str) -> Tables:
-    """The tables of `run_dir` as written; all are made first when one is missing."""
+    """The tables of `run_dir` as written, made first when one (but profile.csv) is missing."""
     run_dir = Path(run_dir)
-    if not all((run_dir / name).is_file() for name in FILES):
+    if not all((run_dir / name).is_file() for name in FILES[:-1]):
         write_tables(run_dir)
     ints = {name: "Int64" for name in INT_COLUMNS}
     clients_df = pd.read_csv(
@@ -517,4 +516,5 @@ def read_tables(run_dir: Path | str) -> Tables:
         host_tables.read_resources(run_dir / FILES.resources),
         host_tables.read_limits(run_dir / FILES.limits),
         latency.read_table(run_dir / FILES.latency),
+        read_profile(run_dir / FILES.profile, KEY_COLUMNS),
     )
