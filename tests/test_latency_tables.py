@@ -192,6 +192,7 @@ def test_tables_read_back_and_old_columns_stay_a_prefix(run: Path) -> None:
     assert header[: len(CLOSED_LOOP_COLUMNS)] == CLOSED_LOOP_COLUMNS
     assert header[len(CLOSED_LOOP_COLUMNS) :] == (
         analysis.PACE_COLUMNS + latency.POINT_COLUMNS + analysis.CAPACITY_COLUMNS
+        + analysis.PROFILE_COLUMNS
     )
     assert REFERENCE.read_text().splitlines()[0].split(",") == header
 

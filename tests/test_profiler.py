@@ -9,11 +9,12 @@ import os
 from pathlib import Path
 
 import pytest
+from pypdf import PdfReader
 
 from msgprof.config import PointConfig
 from msgprof.experiment import profiler
 from msgprof.experiment.point import run_point
-from msgprof.report import analysis
+from msgprof.report import analysis, plots
 from msgprof.report.profile_table import TOP_N
 
 COLLAPSED = """\
@@ -64,6 +65,11 @@ def test_a_profiled_point_names_the_servers_hot_path(tmp_path: Path) -> None:
     assert set(table["point"]) == {"100-300-1"} and set(table["clients"]) == {100}
     assert "Server._serve_burst" in set(table["function"])
     assert table["self_pct"].sum() <= 100.01  # each share rounded to 3 decimals
+    assert bool(analysis.read_tables(tmp_path / "run").points["profiled"].iloc[0])
+    # the report's page: the server's own functions against the load
+    pages = [p.extract_text() for p in PdfReader(plots.write_report(tmp_path / "run")).pages]
+    page = next(text for text in pages if "Where the server's time goes" in text)
+    assert "Server._serve_burst (msgprof/server/server.py)" in page
 
 
 def test_a_profiler_that_cannot_start_leaves_the_point_measuring(tmp_path, monkeypatch) -> None:

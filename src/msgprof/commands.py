@@ -52,10 +52,11 @@ class Command:
 
 
 _PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
+#: A point's server may be sampled (msgprof.experiment.profiler); the master case's is not.
+_PROFILE = ("profile", "profile_rate_hz", "profile_native")
 _RUN_OPTIONS = (
     *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
-    "data_dir", "start", "keep_queues", "profile", "profile_rate_hz", "profile_native",
-    "strict", "curve", "out", "launcher", "bind",
+    "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
     *setting_names(ServerOptions), "clients_per_source", "connect_rate", "client_rlimit_nofile",
 )  # fmt: skip
 _SERVER = (
@@ -71,7 +72,8 @@ COMMANDS = {
     "server": Command(ServerConfig, _SERVER),
     "client": Command(ClientConfig, _CLIENT),
     "point": Command(
-        PointConfig, ("clients", "messages", "duration_s", "first_client_id", *_RUN_OPTIONS)
+        PointConfig,
+        ("clients", "messages", "duration_s", "first_client_id", *_RUN_OPTIONS, *_PROFILE),
     ),
     "master": Command(PointConfig, ("steps", *_RUN_OPTIONS)),
 }

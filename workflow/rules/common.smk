@@ -72,16 +72,25 @@ wildcard_constraints:
     rate=r"[0-9]+(\.[0-9]+)?",
 
 
+PROFILE = config["profile"]
+
+
 def run_config(**fields):
     """The point model of a measured job: the config's settings (each key of `server` and
-    `client`, and the sweep's payload_bytes and ack_after, is a field of it) and `fields`.
+    `client`, the sweep's payload_bytes and ack_after, and the `profile` section, is a field
+    of it) and `fields`.
     """
     return PointConfig(
         payload_bytes=SWEEP["payload_bytes"],
         ack_after=SWEEP["ack_after"],
         **config["server"],
         **config["client"],
-        **fields,
+        **{
+            "profile": PROFILE["server"],
+            "profile_rate_hz": PROFILE["rate_hz"],
+            "profile_native": PROFILE["native"],
+        }
+        | fields,
     )
 
 

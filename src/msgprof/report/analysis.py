@@ -107,9 +107,11 @@ KERNEL_TCP_COLUMNS = [
 ]  # fmt: skip
 #: What a connection costs the server, and what the kernel's listen queue did.
 CAPACITY_COLUMNS = ["server_rss_per_connection_kb", *KERNEL_TCP_COLUMNS]
-#: points.csv ends with the pace, the latency and the capacity columns (after the columns it
-#: always had).
-POINT_COLUMNS += PACE_COLUMNS + latency.POINT_COLUMNS + CAPACITY_COLUMNS
+#: Whether py-spy sampled the server (profile.csv has its functions): never compare unknowingly.
+PROFILE_COLUMNS = ["profiled"]
+#: points.csv ends with the pace, the latency, the capacity and the profile columns (after the
+#: columns it always had).
+POINT_COLUMNS += PACE_COLUMNS + latency.POINT_COLUMNS + CAPACITY_COLUMNS + PROFILE_COLUMNS
 
 #: Quantiles of the raw RTT samples in points.csv (column suffix → q): the latency ones.
 RTT_QUANTILES = latency.QUANTILES
@@ -332,6 +334,7 @@ def point_row(
             rlimit if rlimit is not None else limits.get("rlimit_nofile_soft")
         ),
         **{name: _number((doc.get("kernel_tcp") or {}).get(name)) for name in KERNEL_TCP_COLUMNS},
+        "profiled": bool((doc.get("profile") or {}).get("profiled")),
     }
 
 
@@ -349,23 +352,10 @@ def _order(frame: pd.DataFrame, extra: Iterable[str] = ()) -> pd.DataFrame:
 
 #: Integer columns; nullable, so a value a point did not record stays empty rather than 0.
 INT_COLUMNS = (
-    "step",
-    "clients",
-    "messages",
-    "rep",
-    "payload_bytes",
-    "connected",
-    "planned",
-    "acked",
-    "lost",
-    "duplicates_stored",
-    "server_peak_fds",
-    "refused",
-    "somaxconn",
-    "rlimit_nofile",
-    *latency.SEND_COUNTS,
-    *KERNEL_TCP_COLUMNS,
-)
+    "step", "clients", "messages", "rep", "payload_bytes", "connected", "planned", "acked", "lost",
+    "duplicates_stored", "server_peak_fds", "refused", "somaxconn", "rlimit_nofile",
+    *latency.SEND_COUNTS, *KERNEL_TCP_COLUMNS,
+)  # fmt: skip
 
 
 def _typed(
