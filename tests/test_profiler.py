@@ -13,6 +13,7 @@ from pypdf import PdfReader
 
 from msgprof.config import PointConfig
 from msgprof.experiment import profiler
+from msgprof.experiment.flamegraph import write_flamegraph
 from msgprof.experiment.point import run_point
 from msgprof.report import analysis, plots
 from msgprof.report.profile_table import TOP_N
@@ -34,6 +35,8 @@ def test_top_rows_and_speedscope_from_collapsed_stacks(tmp_path: Path) -> None:
         "samples": 6}  # fmt: skip
     assert (rows["Server.run"]["self_pct"], rows["Server.run"]["total_pct"]) == (30.0, 90.0)
     assert rows["<module>"]["self_pct"] == 0.0 and rows["<module>"]["samples"] == 9
+    svg = write_flamegraph(stacks, tmp_path / "server.svg", "server profile").read_text()
+    assert svg.startswith("<?xml") and "Server._serve_burst" in svg and "10 samples" in svg
     doc = profiler.speedscope(stacks, "server")
     assert doc["profiles"][0]["weights"] == [6, 3, 1]
     frames = doc["shared"]["frames"]
@@ -57,6 +60,7 @@ def test_a_profiled_point_names_the_servers_hot_path(tmp_path: Path) -> None:
     assert "msgprof/server/server.py" in files  # the serving loop
     assert any(file.startswith("msgprof/store/") for file in files)  # the store
     assert any(row["function"] == "Server._serve_burst" for row in rows)
+    assert "Server._serve_burst" in (profile / "server.svg").read_text()
     speedscope = json.loads((profile / "server.speedscope.json").read_text())
     assert speedscope["profiles"][0]["type"] == "sampled"
     # profile.csv: the point's top functions after its columns

@@ -9,6 +9,7 @@ and the interpreter. It reads the stacks without pausing the server (`--nonblock
 From its collapsed stacks the point's profile/ directory gets:
 
 - server.speedscope.json: the samples, to open in https://www.speedscope.app;
+- server.svg: a flame graph of them (msgprof.experiment.flamegraph);
 - top.csv: one row per function: `function`, `file`, `line` (its first line), `self_pct` (share
   of the samples in which it was running itself), `total_pct` (share in which it was on the
   stack), `samples` (the samples in which it was on the stack);
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from msgprof import atomic
+from msgprof.experiment.flamegraph import write_flamegraph
 
 #: Seconds py-spy gets to attach before the point goes on without it, and to write its file.
 ATTACH_S = 0.5
@@ -166,6 +168,7 @@ class ServerProfiler:
             atomic.write_text(self.dir / f"{self.name}.speedscope.json",
                               json.dumps(speedscope(stacks, self.name)))  # fmt: skip
             self._write_top(top_rows(stacks))
+            write_flamegraph(stacks, self.dir / f"{self.name}.svg", f"{self.name} profile")
         elif self.reason is None and self.process is not None:
             self.reason = "py-spy recorded no sample"
         return {
