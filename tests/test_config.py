@@ -72,7 +72,7 @@ def test_every_setting_is_an_option_of_its_command():
         declared = set(setting.settings_of(command.model))
         if name == "master":  # its steps set these (and so a step is counted, never timed)
             declared -= {"clients", "messages", "first_client_id", "duration_s"}
-            declared -= {"profile", "profile_rate_hz", "profile_native"}  # not sampled
+            declared -= {"profile", "profile_rate_hz", "profile_native", "profile_threads"}
         assert declared <= set(command.options), name
 
 

@@ -25,6 +25,16 @@ Thread.run (threading.py:975);_Background._flusher (msgprof/store/modes.py:120) 
 """  # noqa: E501
 
 
+def test_thread_roots_are_named_by_thread_not_by_id(tmp_path: Path) -> None:
+    path = tmp_path / "server.collapsed"
+    path.write_text("thread (10809): MainThread;serve (msgprof/server/server.py:500) 3\n"
+                    "thread (10813): msgprof-store-flusher;_flush (m/s.py:1) 2\n")  # fmt: skip
+    roots = [frames[0] for frames, _count in profiler.read_collapsed(path)]
+    assert roots == ["thread MainThread", "thread msgprof-store-flusher"]
+    rows = {r["function"]: r for r in profiler.top_rows(profiler.read_collapsed(path))}
+    assert rows["thread MainThread"]["total_pct"] == 60.0
+
+
 def test_top_rows_and_speedscope_from_collapsed_stacks(tmp_path: Path) -> None:
     path = tmp_path / "server.collapsed"
     path.write_text(COLLAPSED)
@@ -81,7 +91,8 @@ def test_a_profiler_that_cannot_start_leaves_the_point_measuring(tmp_path, monke
     doc = run_point(PointConfig(clients=5, messages=20, profile=True), tmp_path / "p")
     assert doc["verdict"] == "ok" and doc["acked"] == 100
     assert doc["profile"] == {"profiled": False, "reason": "py-spy not found (pip install py-spy)",
-                              "rate_hz": 20, "native": False, "samples": 0}  # fmt: skip
+                              "rate_hz": 20, "native": False, "threads": False,
+                              "samples": 0}  # fmt: skip
 
 
 def test_a_point_without_profile_says_so(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ class Command:
 
 _PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
 #: A point's server may be sampled (msgprof.experiment.profiler); the master case's is not.
-_PROFILE = ("profile", "profile_rate_hz", "profile_native")
+_PROFILE = ("profile", "profile_rate_hz", "profile_native", "profile_threads")
 _RUN_OPTIONS = (
     *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
     "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",

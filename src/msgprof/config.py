@@ -406,6 +406,10 @@ class PointConfig(LoadOptions, ServerOptions):
     profile_native: bool = switch(
         help="with --profile: sample the C frames too (libzmq, the interpreter)"
     )
+    profile_threads: bool = switch(
+        help="with --profile: each thread a root of its own (the serving loop apart from the "
+        "store's flusher and the gatekeeper)"
+    )
     #: CURVE on: keys are made for the run in keys_dir.
     curve: bool = switch(
         help="encrypt and authenticate with CURVE: fresh keys for the server and the clients of "

@@ -89,6 +89,7 @@ def run_config(**fields):
             "profile": PROFILE["server"],
             "profile_rate_hz": PROFILE["rate_hz"],
             "profile_native": PROFILE["native"],
+            "profile_threads": PROFILE["threads"],
         }
         | fields,
     )

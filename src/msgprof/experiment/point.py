@@ -30,8 +30,9 @@ def start_profiler(config: PointConfig, run: Run) -> ServerProfiler | None:
     if not config.profile or run.server.process is None:
         return None
     profiler = ServerProfiler(
-        run.out_dir / "profile", config.profile_rate_hz, config.profile_native
-    )
+        run.out_dir / "profile", config.profile_rate_hz, config.profile_native,
+        config.profile_threads,
+    )  # fmt: skip
     if not profiler.start(run.server.process.pid):
         log.warning("the server is not profiled: %s", profiler.reason)
     return profiler

@@ -3,7 +3,8 @@
 py-spy (a PyPI package that ships its own binary) attaches to the running server by pid, as
 root or with CAP_SYS_PTRACE, and records every `rate_hz`-th of a second the stack of each thread
 that is not idle, aggregated by function (`--function`); `native` adds the C frames of libzmq
-and the interpreter. It reads the stacks without pausing the server (`--nonblocking`): paused
+and the interpreter, `threads` a root frame per thread. It reads the stacks without pausing the
+server (`--nonblocking`): paused
 100 times a second the server lost 10-20 % of its throughput at 100 clients on this host
 (benchmarks/profiler_overhead.py), and a stack read while it changes is rare enough for shares.
 From its collapsed stacks the point's profile/ directory gets:
@@ -57,12 +58,17 @@ def parse_frame(frame: str) -> tuple[str, str, int]:
 
 
 def read_collapsed(path: Path) -> list[tuple[list[str], int]]:
-    """The stacks of a collapsed file: (frames outermost first, samples)."""
+    """The stacks of a collapsed file: (frames outermost first, samples). A thread's root
+    frame (py-spy --threads: `thread (TID): NAME`) is named `thread NAME`, so that the same
+    thread of two points is one function in profile.csv."""
     stacks = []
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if stack and count.isdigit():
-            stacks.append((stack.split(";"), int(count)))
+            frames = stack.split(";")
+            if frames[0].startswith("thread (") and "): " in frames[0]:
+                frames[0] = "thread " + frames[0].partition("): ")[2]
+            stacks.append((frames, int(count)))
     return stacks
 
 
@@ -112,10 +118,12 @@ def speedscope(stacks: list[tuple[list[str], int]], name: str) -> dict[str, Any]
 class ServerProfiler:
     """py-spy on one process for as long as it runs or until `stop()`."""
 
-    def __init__(self, out_dir: Path, rate_hz: int, native: bool, name: str = "server") -> None:
+    def __init__(self, out_dir: Path, rate_hz: int, native: bool, threads: bool = False,
+                 name: str = "server") -> None:  # fmt: skip
         self.dir = Path(out_dir)
         self.rate_hz = rate_hz
         self.native = native
+        self.threads = threads
         self.name = name
         self.process: subprocess.Popen | None = None
         self.reason: str | None = None
@@ -135,6 +143,8 @@ class ServerProfiler:
                 "--nonblocking", "--format", "raw", "--output", str(self.collapsed)]  # fmt: skip
         if self.native:
             argv.append("--native")
+        if self.threads:
+            argv.append("--threads")
         log = open(self.dir / f"{self.name}.py-spy.log", "wb")
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -176,6 +186,7 @@ class ServerProfiler:
             "reason": self.reason,
             "rate_hz": self.rate_hz,
             "native": self.native,
+            "threads": self.threads,
             "samples": sum(count for _frames, count in stacks),
         }
 
