@@ -62,7 +62,9 @@ _SETTINGS_COMMANDS = (
         "Run one sweep point: start a server on a fresh data directory, start client processes "
         "that share --clients clients, stop the server, read every queue back and check that "
         "each acknowledged message is stored exactly once. Writes point.json, rtt.parquet, "
-        "clients.parquet, server.json and logs to --out.",
+        "clients.parquet, server.json and logs to --out (and profile/ with --profile). Clients "
+        "and the host's limits are checked first: a point that cannot fit them fails before "
+        "it starts, naming the limit.",
         _EPILOG_POINT,
     ),
     (
