@@ -29,13 +29,22 @@ def _start_long_point(out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=open(out.parent / "point.log", "wb"))
 
 
+def _command(process: psutil.Process) -> str:
+    """A process's command line; "" for one that is gone or a zombie by the time it is asked
+    (a child of a point can exit between being listed and being read)."""
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return ""
+
+
 def _children_when_loaded(point: subprocess.Popen, out: Path, timeout_s: float = 60) -> list[psutil.Process]:
     """The point's descendants once its server and both client processes run and load flows."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         assert point.poll() is None, (out.parent / "point.log").read_text()
         kids = psutil.Process(point.pid).children(recursive=True)
-        commands = [" ".join(k.cmdline()) for k in kids if k.is_running()]
+        commands = [_command(k) for k in kids]
         servers = [c for c in commands if " server " in f" {c} "]
         clients = [c for c in commands if " client " in f" {c} "]
         if servers and len(clients) >= 2:
@@ -112,7 +121,7 @@ def test_cancelling_the_workflow_leaves_no_msgprof_process(tmp_path):
         while time.monotonic() < deadline and not started:
             assert workflow.poll() is None, (tmp_path / "snakemake.log").read_text()[-3000:]
             kids = psutil.Process(workflow.pid).children(recursive=True)
-            if any("client" in " ".join(k.cmdline()) for k in kids if k.is_running()):
+            if any("client" in _command(k) for k in kids):
                 time.sleep(1.0)
                 started = psutil.Process(workflow.pid).children(recursive=True)
             time.sleep(0.2)

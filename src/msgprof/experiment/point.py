@@ -33,7 +33,7 @@ def start_profiler(config: PointConfig, run: Run) -> ServerProfiler | None:
         run.out_dir / "profile", config.profile_rate_hz, config.profile_native,
         config.profile_threads,
     )  # fmt: skip
-    if not profiler.start(run.server.process.pid):
+    if not profiler.start(run.server.process.pid, run.procs.start):
         log.warning("the server is not profiled: %s", profiler.reason)
     return profiler
 

@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,15 @@ def speedscope(stacks: list[tuple[list[str], int]], name: str) -> dict[str, Any]
     }  # fmt: skip
 
 
+#: Starts a process: (name, argv, log path) -> the process.
+Launch = Callable[[str, list[str], Path], subprocess.Popen]
+
+
+def _plain_child(_name: str, argv: list[str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+
+
 class ServerProfiler:
     """py-spy on one process for as long as it runs or until `stop()`."""
 
@@ -132,8 +142,10 @@ class ServerProfiler:
     def collapsed(self) -> Path:
         return self.dir / f"{self.name}.collapsed"
 
-    def start(self, pid: int) -> bool:
-        """Attach to `pid`; False (with `reason`) when py-spy is missing or cannot attach."""
+    def start(self, pid: int, launch: Launch | None = None) -> bool:
+        """Attach to `pid`; False (with `reason`) when py-spy is missing or cannot attach.
+        `launch(name, argv, log_path)` starts py-spy (a run's ChildProcesses.start, so the run
+        owns and reaps it); by default a plain child process."""
         binary = py_spy()
         if binary is None:
             self.reason = "py-spy not found (pip install py-spy)"
@@ -145,9 +157,8 @@ class ServerProfiler:
             argv.append("--native")
         if self.threads:
             argv.append("--threads")
-        log = open(self.dir / f"{self.name}.py-spy.log", "wb")
-        self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-        log.close()
+        log_path = self.dir / f"{self.name}.py-spy.log"
+        self.process = (launch or _plain_child)(f"py-spy-{self.name}", argv, log_path)
         time.sleep(ATTACH_S)
         if self.process.poll() is not None:
             self.reason = self._failure()
