@@ -101,3 +101,23 @@ def command_argv(command: str, config: Any, **per_run: Any) -> list[str]:
         value = per_run[name] if name in per_run else getattr(config, name, None)
         argv += option_words(name, value, how)
     return argv
+
+
+def point_options_of_search(
+    excluded: tuple[str, ...], defaults: dict[str, Any]
+) -> Iterator[tuple[str, Any, Setting]]:
+    """The options of `msgprof point` a search (knee, capacity) passes on to its probes: all but
+    `excluded` (what the search sets itself), with its own `defaults` where it has them."""
+    for name, default, how in options("point"):
+        if name not in excluded:
+            yield name, defaults.get(name, default), how
+
+
+def search_argv(
+    command: str, search_options: Iterator[tuple[str, Any, Setting]], values: dict[str, Any]
+) -> list[str]:
+    """`[command, options...]` of a search from the value of each of its options."""
+    argv = [command]
+    for name, _default, how in search_options:
+        argv += option_words(name, values[name], how)
+    return argv

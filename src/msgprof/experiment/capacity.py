@@ -40,7 +40,6 @@ from msgprof.experiment.bisection import Bisection, whole_steps
 from msgprof.setting import (
     Checked,
     Setting,
-    option_words,
     path,
     positive_int,
     setting,
@@ -124,9 +123,7 @@ class CapacityArguments:
 
 def point_options() -> Iterator[tuple[str, Any, Setting]]:
     """The options of `msgprof point` a search passes on to every probe."""
-    for name, default, how in commands.options("point"):
-        if name not in NOT_FROM_POINT:
-            yield name, DEFAULTS.get(name, default), how
+    return commands.point_options_of_search(NOT_FROM_POINT, DEFAULTS)
 
 
 def options() -> Iterator[tuple[str, Any, Setting]]:
@@ -148,11 +145,9 @@ def capacity_argv(point: PointConfig, search: CapacitySearch, out: Path) -> list
     """`["capacity", options...]`: the command line of a search with the settings of `point`
     (a probe's model; its clients are the search's) and `search`."""
     values = {name: getattr(point, name) for name, _default, _how in point_options()}
-    values |= asdict(search) | {"out": out, "strict": False}
-    argv = ["capacity"]
-    for name, _default, how in options():
-        argv += option_words(name, values[name], how)
-    return argv
+    return commands.search_argv(
+        "capacity", options(), values | asdict(search) | {"out": out, "strict": False}
+    )
 
 
 # --- a probe ---------------------------------------------------------------------------------

@@ -45,7 +45,6 @@ from msgprof.experiment.bisection import STOP_RATIO, Bisection, three_figures
 from msgprof.setting import (
     Checked,
     Setting,
-    option_words,
     path,
     positive,
     positive_float,
@@ -134,9 +133,7 @@ class KneeArguments:
 def point_options() -> Iterator[tuple[str, Any, Setting]]:
     """The options of `msgprof point` a search passes on to every probe (warm-up by default
     WARMUP_S: a probe is short, and its first seconds are not the steady state)."""
-    for name, default, how in commands.options("point"):
-        if name not in NOT_FROM_POINT:
-            yield name, WARMUP_S if name == "warmup_s" else default, how
+    return commands.point_options_of_search(NOT_FROM_POINT, {"warmup_s": WARMUP_S})
 
 
 def options() -> Iterator[tuple[str, Any, Setting]]:
@@ -159,11 +156,9 @@ def knee_argv(point: PointConfig, search: KneeSearch, out: Path, strict: bool = 
     """`["knee", options...]`: the command line of a search with the settings of `point` (a
     probe's model; its rate and length are the search's) and `search`."""
     values = {name: getattr(point, name) for name, _default, _how in point_options()}
-    values |= asdict(search) | {"out": out, "strict": strict}
-    argv = ["knee"]
-    for name, _default, how in options():
-        argv += option_words(name, values[name], how)
-    return argv
+    return commands.search_argv(
+        "knee", options(), values | asdict(search) | {"out": out, "strict": strict}
+    )
 
 
 # --- a probe: one point, judged --------------------------------------------------------------
