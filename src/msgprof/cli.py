@@ -10,6 +10,7 @@ runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -285,11 +286,9 @@ def _cmd_client(args: argparse.Namespace) -> int:
         disk), and a failed write (a full disk, no descriptor left) is no failed client."""
         log.info("%s", progress_line(counts))
         tmp = args.out / ".progress.json.tmp"
-        try:
+        with contextlib.suppress(OSError):  # the next second's write tries again
             tmp.write_text(json.dumps(counts))
             os.replace(tmp, args.out / "progress.json")
-        except OSError:
-            pass
 
     summary = run_clients(_model(args), args.out, progress=progress, stop=stop)
     if summary["stopped"]:

@@ -30,12 +30,11 @@ class LimitError(ValueError):
 def can_raise_hard() -> bool:
     """Whether this process may raise a hard limit: CAP_SYS_RESOURCE in its effective set."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.geteuid() == 0
+        status = Path("/proc/self/status").read_text().splitlines()
+        effective = next(line.split()[1] for line in status if line.startswith("CapEff:"))
+        return bool(int(effective, 16) >> CAP_SYS_RESOURCE & 1)
+    except (OSError, ValueError, IndexError, StopIteration):  # no /proc: root is the best guess
+        return os.geteuid() == 0
 
 
 def nr_open() -> int:
