@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_knee import _threshold_probe  # passes at or below a threshold, logs each call
 
 from msgprof.config import PointConfig
 from msgprof.experiment import budget
@@ -22,18 +23,11 @@ from msgprof.experiment.bisection import Bisection, whole_steps
 from msgprof.experiment.capacity import CapacityRun, CapacitySearch
 
 
-def _grow_probe(threshold: int, calls: list[float]):
-    def probe(count: float) -> bool:
-        calls.append(count)
-        return count <= threshold
-
-    return probe
-
-
 @pytest.mark.parametrize("threshold", [150, 999, 1000, 5000, 17_000])
 def test_growing_then_bisecting_brackets_the_threshold(threshold: int) -> None:
     calls: list[float] = []
-    search = Bisection(1000, None, 30, rounding=whole_steps(1)).run(_grow_probe(threshold, calls))
+    probe = _threshold_probe(threshold, calls)
+    search = Bisection(1000, None, 30, rounding=whole_steps(1)).run(probe)
     if threshold < 1000:
         assert search.status == "lo_fails" and calls == [1000]
         return
@@ -48,17 +42,17 @@ def test_growing_then_bisecting_brackets_the_threshold(threshold: int) -> None:
 def test_growing_stops_at_the_limit_and_says_so() -> None:
     calls: list[float] = []
     search = Bisection(1000, None, 30, rounding=whole_steps(1), limit=5000)
-    search.run(_grow_probe(10**9, calls))
+    search.run(_threshold_probe(10**9, calls))
     assert calls == [1000, 2000, 4000, 5000] and search.status == "above_hi"
     calls.clear()
-    search = Bisection(1000, None, 3, rounding=whole_steps(1)).run(_grow_probe(10**9, calls))
+    search = Bisection(1000, None, 3, rounding=whole_steps(1)).run(_threshold_probe(10**9, calls))
     assert calls == [1000, 2000, 4000] and search.status == "no_failure"
 
 
 def test_a_step_rounds_the_counts_and_ends_the_search() -> None:
     calls: list[float] = []
     search = Bisection(500, None, 30, rounding=whole_steps(500), min_gap=500)
-    search.run(_grow_probe(2600, calls))
+    search.run(_threshold_probe(2600, calls))
     assert all(c % 500 == 0 for c in calls)
     assert (search.passing, search.failing) == (2500, 3000)
 
