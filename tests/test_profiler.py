@@ -6,6 +6,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -84,6 +87,29 @@ def test_a_profiled_point_names_the_servers_hot_path(tmp_path: Path) -> None:
     pages = [p.extract_text() for p in PdfReader(plots.write_report(tmp_path / "run")).pages]
     page = next(text for text in pages if "Where the server's time goes" in text)
     assert "Server._serve_burst (msgprof/server/server.py)" in page
+
+
+@pytest.mark.skipif(profiler.py_spy() is None, reason="py-spy is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="py-spy attaches to another process as root")
+def test_a_profile_without_samples_still_writes_every_file(tmp_path: Path) -> None:
+    # A sleeping process is idle to py-spy: no sample, as in a point too short to be caught.
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        sampler = profiler.ServerProfiler(tmp_path / "profile", rate_hz=20, native=False)
+        assert sampler.start(idle.pid)
+        time.sleep(0.5)
+        doc = sampler.stop()
+    finally:
+        idle.kill()
+        idle.wait()
+    assert doc["profiled"] is False and doc["reason"] == "py-spy recorded no sample"
+    names = {p.name for p in (tmp_path / "profile").iterdir()}
+    assert {"server.speedscope.json", "server.svg", "top.csv", "server.collapsed"} <= names
+    assert (tmp_path / "profile" / "top.csv").read_text().splitlines() == [
+        ",".join(profiler.TOP_COLUMNS)]  # fmt: skip
+    assert "0 samples" in (tmp_path / "profile" / "server.svg").read_text()
+    speedscope = json.loads((tmp_path / "profile" / "server.speedscope.json").read_text())
+    assert speedscope["profiles"][0]["samples"] == []
 
 
 def test_a_profiler_that_cannot_start_leaves_the_point_measuring(tmp_path, monkeypatch) -> None:

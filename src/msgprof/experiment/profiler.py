@@ -16,6 +16,9 @@ From its collapsed stacks the point's profile/ directory gets:
   stack), `samples` (the samples in which it was on the stack);
 - server.collapsed: py-spy's own output (one line per stack: frames joined by ';', a count).
 
+A point too short (or a server too idle) to be caught by a sample still gets every file, with
+no sample in them, so that two runs of one config hold the same files.
+
 A profiler that cannot start (no binary, not permitted) or dies leaves the point measuring as it
 would have: the reason is recorded, never a failed point.
 """
@@ -185,12 +188,12 @@ class ServerProfiler:
                 self.process.wait()
                 self.reason = "py-spy did not stop within 30 s"
         stacks = read_collapsed(self.collapsed) if self.collapsed.is_file() else []
-        if stacks:
+        if self.process is not None:  # it ran: the same files every time, empty when no sample
             atomic.write_text(self.dir / f"{self.name}.speedscope.json",
                               json.dumps(speedscope(stacks, self.name)))  # fmt: skip
             self._write_top(top_rows(stacks))
             write_flamegraph(stacks, self.dir / f"{self.name}.svg", f"{self.name} profile")
-        elif self.reason is None and self.process is not None:
+        if not stacks and self.reason is None and self.process is not None:
             self.reason = "py-spy recorded no sample"
         return {
             "profiled": bool(stacks),
