@@ -245,7 +245,7 @@ def test_limits_table_has_each_points_limits_json_with_text_kept_as_text(tables)
 
 def test_half_written_point_is_skipped_with_a_warning(run_dir: Path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="msgprof.analysis"):
-        clients, points, resources, limits, _latency, _profile = analysis.collect(run_dir)
+        clients, points, resources, limits, *_others = analysis.collect(run_dir)
     assert HALF_WRITTEN not in set(points["point"])
     assert HALF_WRITTEN not in set(clients["point"])
     assert HALF_WRITTEN not in set(resources["point"]) | set(limits["point"])
@@ -264,7 +264,7 @@ def test_missing_optional_files_give_nan_not_a_crash(run_dir: Path, tmp_path: Pa
     doc["server"]["resources"] = {"samples": 0}
     (point / "point.json").write_text(json.dumps(doc))
     with caplog.at_level(logging.WARNING, logger="msgprof.analysis"):
-        clients, points, resources, limits, _latency, _profile = analysis.collect(run)
+        clients, points, resources, limits, *_others = analysis.collect(run)
     row = points.set_index("point").loc["4-8-1"]
     for name in (
         "rtt_p50_us",

@@ -146,6 +146,8 @@ def _build_parser() -> argparse.ArgumentParser:
             else argparse.HelpFormatter,
         )
         _add_settings(cmd, name)
+        if name == "server":
+            _add_options(cmd, commands.server_profile_options())
 
     _add_knee(sub)
     _add_capacity(sub)
@@ -262,7 +264,26 @@ def _model(args: argparse.Namespace, **fields: Any) -> Any:
 def _cmd_server(args: argparse.Namespace) -> int:
     from msgprof.server.server import serve
 
-    serve(_model(args))
+    if args.profile_out is None:
+        serve(_model(args))
+        return 0
+    from msgprof import atomic
+    from msgprof.experiment.profiler import ServerProfiler
+
+    log = logging.getLogger("msgprof.server")
+    sampler = ServerProfiler(args.profile_out, args.profile_rate_hz, args.profile_native,
+                             args.profile_threads)  # fmt: skip
+    if not sampler.start(os.getpid()):
+        log.warning("serving without a profile: %s", sampler.reason)
+    try:
+        serve(_model(args))
+    finally:
+        doc = sampler.stop()
+        args.profile_out.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(args.profile_out / "profile.json", json.dumps(doc, indent=2) + "\n")
+        log.info("profile: %s samples in %s (%s)", doc["samples"], args.profile_out,
+                 "top.csv, server.svg, server.speedscope.json" if doc["profiled"]
+                 else doc["reason"])  # fmt: skip
     return 0
 
 

@@ -37,6 +37,12 @@ class RunArguments:
     steps: str = setting(
         help="ramp-up steps as CLIENTSxMESSAGES, comma separated, e.g. 10x100,50x200,100x400"
     )
+    profile_out: Path | None = path(
+        help="sample this server with py-spy while it runs and write what a profiled point "
+        "gets (top.csv, server.svg, server.speedscope.json; profile.json says how many "
+        "samples, or why none) into DIR when it stops (docs/profiling.md)",
+        metavar="DIR",
+    )
 
 
 # --- the commands ------------------------------------------------------------------------------
@@ -82,8 +88,22 @@ COMMANDS = {
 def options(command: str) -> Iterator[tuple[str, Any, Setting]]:
     """(name, default, setting) of each option of `command`, in --help order; the default is
     dataclasses.MISSING for a required option."""
-    known = settings_of(RunArguments) | settings_of(COMMANDS[command].model)
-    for name in COMMANDS[command].options:
+    return _items(COMMANDS[command].model, COMMANDS[command].options)
+
+
+#: `msgprof server --profile-out DIR`: the server sampled as a point's is, written when it stops.
+#: Not in the server's model: the server does not profile itself, its command starts py-spy.
+SERVER_PROFILE = ("profile_out", "profile_rate_hz", "profile_native", "profile_threads")
+
+
+def server_profile_options() -> Iterator[tuple[str, Any, Setting]]:
+    """(name, default, setting) of `msgprof server`'s profiling options."""
+    return _items(PointConfig, SERVER_PROFILE)
+
+
+def _items(model: type, names: tuple[str, ...]) -> Iterator[tuple[str, Any, Setting]]:
+    known = settings_of(RunArguments) | settings_of(model)
+    for name in names:
         spec, how = known[name]
         yield name, spec.default, how
 

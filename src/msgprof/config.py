@@ -400,15 +400,16 @@ class PointConfig(LoadOptions, ServerOptions):
     )
     profile_rate_hz: int = positive_int(
         20,
-        help="with --profile: samples a second (100 costs the server about 10%% of its "
-        "throughput here). Default: %(default)s",
+        help="when profiling (--profile, --profile-out): samples a second (100 costs the "
+        "server about 10%% of its throughput here). Default: %(default)s",
     )
     profile_native: bool = switch(
-        help="with --profile: sample the C frames too (libzmq, the interpreter)"
+        help="when profiling (--profile, --profile-out): sample the C frames too (libzmq, "
+        "the interpreter)"
     )
     profile_threads: bool = switch(
-        help="with --profile: each thread a root of its own (the serving loop apart from the "
-        "store's flusher and the gatekeeper)"
+        help="when profiling (--profile, --profile-out): each thread a root of its own (the "
+        "serving loop apart from the store's flusher and the gatekeeper)"
     )
     #: CURVE on: keys are made for the run in keys_dir.
     curve: bool = switch(

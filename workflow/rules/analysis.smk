@@ -36,6 +36,11 @@ rule analysis:
             caption="../report/profile.rst",
             category="Tables",
         ),
+        flame=report(
+            f"{RESULTS}/flame.csv",
+            caption="../report/flame.rst",
+            category="Tables",
+        ),
     log:
         f"{RESULTS}/logs/analysis.log",
     conda:

@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from msgprof import atomic
 from msgprof.report import host_tables, latency
-from msgprof.report.profile_table import profile_rows, profile_table, read_profile
+from msgprof.report import profile_table as profiles
 from msgprof.stats import quantile, quantiles, resource_summary
 
 log = logging.getLogger("msgprof.analysis")
@@ -392,12 +392,12 @@ class Tables(NamedTuple):
     limits: pd.DataFrame  # limits.csv
     latency: pd.DataFrame  # latency.csv
     profile: pd.DataFrame  # profile.csv
+    flame: pd.DataFrame  # flame.csv
 
 
 #: File name of each table in the run directory.
-FILES = Tables(
-    "analysis.csv", "points.csv", "resources.csv", "limits.csv", "latency.csv", "profile.csv"
-)
+FILES = Tables("analysis.csv", "points.csv", "resources.csv", "limits.csv", "latency.csv",
+               "profile.csv", "flame.csv")  # fmt: skip
 
 
 class _Rows:
@@ -410,6 +410,7 @@ class _Rows:
         self.limits: list[dict[str, Any]] = []
         self.latency = latency.Configurations()
         self.profile: list[dict[str, Any]] = []
+        self.flame = profiles.Flame()
 
     def add_point(self, keys: dict[str, Any], doc: dict[str, Any], path: Path) -> None:
         clients = client_rows(keys, path)
@@ -424,7 +425,8 @@ class _Rows:
         row = point_row(keys, doc, path, clients, limits or {}, samples)
         self.points.append(row | latency.point_columns(doc, hists))
         self.latency.add(keys, doc, hists)
-        self.profile += profile_rows({k: keys[k] for k in KEY_COLUMNS}, path)
+        self.profile += profiles.profile_rows({k: keys[k] for k in KEY_COLUMNS}, path)
+        self.flame.offer({k: keys[k] for k in KEY_COLUMNS}, path)
 
     def add_samples(self, keys: dict[str, Any], samples: pa.Table | None) -> None:
         frame = host_tables.resource_rows(keys, samples)
@@ -454,7 +456,8 @@ class _Rows:
             host_tables.in_point_order(resources, order),
             host_tables.in_point_order(limits, order),
             _rounded(_typed(configurations, latency.TABLE_COLUMNS, latency.TABLE_INTS)),
-            profile_table(self.profile, KEY_COLUMNS),
+            profiles.profile_table(self.profile, KEY_COLUMNS),
+            profiles.flame_table(self.flame.rows, KEY_COLUMNS),
         )
 
 
@@ -473,7 +476,7 @@ def collect(run_dir: Path | str) -> Tables:
 
 
 def write_tables(run_dir: Path | str) -> Tables:
-    """Write the six tables into run_dir atomically; return their paths."""
+    """Write the seven tables into run_dir atomically; return their paths."""
     run_dir = Path(run_dir)
     paths = [
         atomic.write_text(run_dir / name, frame.to_csv(index=False, lineterminator="\n"))
@@ -483,9 +486,9 @@ def write_tables(run_dir: Path | str) -> Tables:
 
 
 def read_tables(run_dir: Path | str) -> Tables:
-    """The tables of `run_dir` as written, made first when one (but profile.csv) is missing."""
+    """The tables of `run_dir` as written, made first when one (but the profile's) is missing."""
     run_dir = Path(run_dir)
-    if not all((run_dir / name).is_file() for name in FILES[:-1]):
+    if not all((run_dir / name).is_file() for name in FILES[:-2]):
         write_tables(run_dir)
     ints = {name: "Int64" for name in INT_COLUMNS}
     clients_df = pd.read_csv(
@@ -506,5 +509,6 @@ def read_tables(run_dir: Path | str) -> Tables:
         host_tables.read_resources(run_dir / FILES.resources),
         host_tables.read_limits(run_dir / FILES.limits),
         latency.read_table(run_dir / FILES.latency),
-        read_profile(run_dir / FILES.profile, KEY_COLUMNS),
+        profiles.read_profile(run_dir / FILES.profile, KEY_COLUMNS),
+        profiles.read_flame(run_dir / FILES.flame, KEY_COLUMNS),
     )

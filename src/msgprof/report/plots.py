@@ -29,7 +29,7 @@ from msgprof.report.pages.capacity import capacity_page
 from msgprof.report.pages.clients import client_page
 from msgprof.report.pages.load import rtt_page, throughput_page
 from msgprof.report.pages.offered import offered_page
-from msgprof.report.pages.profile import profile_page
+from msgprof.report.pages.profile import flame_page, profile_page
 from msgprof.report.pages.provenance import provenance_page
 from msgprof.report.pages.resources import resource_page
 from msgprof.report.pages.tables import limits_page, verdict_page
@@ -67,6 +67,7 @@ def render(run_dir: Path | str, out: Path | str) -> None:
         timeline_page(report, pdf)
         resource_page(report, pdf)
         profile_page(report, pdf)
+        flame_page(report, pdf)
         verdict_page(report, pdf)
         limits_page(report, pdf)
         capacity_page(report, pdf)

@@ -3,7 +3,8 @@
 One row per point and function, the TOP_N functions of its profile/top.csv by self time
 (msgprof.experiment.profiler writes it), after the point's identifying columns, so "how does
 the share of the store's append change from 10 to 2,000 clients" is one query. Points without a
-profile have no rows.
+profile have no rows. flame.csv keeps every stack of the largest profiled point, for its flame
+graph.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from msgprof.report.stacks import read_collapsed
 
 #: Functions kept per point, the most self time first.
 TOP_N = 20
@@ -46,3 +49,57 @@ def read_profile(path: Path, key_columns: list[str]) -> pd.DataFrame:
     if not path.is_file():
         return profile_table([], key_columns)
     return pd.read_csv(path, dtype={name: "Int64" for name in INTS} | {"point": str})
+
+
+#: flame.csv: the stacks of one point, after its identifying columns.
+FLAME_COLUMNS = ["stack", "samples"]
+
+
+def _size(value: Any) -> float:
+    """A point's clients or messages as a number to rank by (a timed point has no messages)."""
+    number = pd.to_numeric(value, errors="coerce")
+    return 0.0 if pd.isna(number) else float(number)
+
+
+class Flame:
+    """flame.csv's rows: every stack of the largest profiled point (a sweep point before a
+    master step, then the most clients, then the most messages), so the report can draw its
+    flame graph from the run's committed tables alone."""
+
+    def __init__(self) -> None:
+        self.rank: tuple[bool, float, float] | None = None
+        self.rows: list[dict[str, Any]] = []
+
+    def offer(self, keys: dict[str, Any], point_dir: Path) -> None:
+        """Keep `point_dir`'s stacks if it is the largest profiled point so far."""
+        path = point_dir / "profile" / "server.collapsed"
+        rank = (keys["phase"] == "sweep", _size(keys["clients"]), _size(keys["messages"]))
+        if not path.is_file() or (self.rank is not None and rank <= self.rank):
+            return
+        stacks = read_collapsed(path)
+        if stacks:
+            self.rank = rank
+            self.rows = [keys | {"stack": ";".join(frames), "samples": count}
+                         for frames, count in stacks]  # fmt: skip
+
+
+def flame_table(rows: list[dict[str, Any]], key_columns: list[str]) -> pd.DataFrame:
+    """flame.csv from Flame's rows, typed (nullable integers)."""
+    frame = pd.DataFrame(rows).reindex(columns=[*key_columns, *FLAME_COLUMNS])
+    for name in ("step", "clients", "messages", "rep", "payload_bytes", "samples"):
+        frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("Int64")
+    return frame
+
+
+def read_flame(path: Path, key_columns: list[str]) -> pd.DataFrame:
+    """flame.csv as written; no rows when there is none (no profiled point, an older run)."""
+    if not path.is_file():
+        return flame_table([], key_columns)
+    return pd.read_csv(path, dtype={name: "Int64" for name in INTS if name in key_columns}
+                       | {"point": str, "samples": "Int64"})  # fmt: skip
+
+
+def flame_stacks(flame: pd.DataFrame) -> list[tuple[list[str], int]]:
+    """flame.csv's rows as stacks (frames outermost first, samples)."""
+    return [(str(stack).split(";"), int(samples))
+            for stack, samples in zip(flame["stack"], flame["samples"])]  # fmt: skip

@@ -56,7 +56,7 @@ class Report:
         self.run = run_dir.resolve().name
         tables = read_tables(run_dir)
         self.clients, self.points, self.limits = tables.clients, tables.points, tables.limits
-        self.profile = tables.profile
+        self.profile, self.flame = tables.profile, tables.flame
         self._samples = {
             str(point): frame.drop(columns=ROW_KEYS).astype("float64")
             for point, frame in tables.resources.groupby("point", sort=False)

@@ -1,5 +1,6 @@
-"""The page "Where the server's time goes": the server's top functions against the load
-(profile.csv, points profiled with --profile; no page without any)."""
+"""The pages "Where the server's time goes": the server's top functions against the load
+(profile.csv), and the flame graph of the largest profiled point (flame.csv); no page without
+a profiled point."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.backends.backend_pdf import PdfPages
 
+from msgprof.report.flamegraph import draw_flamegraph
 from msgprof.report.pages.base import Report, note
+from msgprof.report.profile_table import flame_stacks
 
 #: Functions drawn, the most self time over the profiled points first; the rest is "other".
 SHOWN = 8
@@ -66,4 +69,25 @@ def profile_page(report: Report, pdf: PdfPages) -> None:
         handles, labels = axes[1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.63, 0.88), fontsize=7,
                title="function (file)")  # fmt: skip
+    pdf.savefig(fig)
+
+
+def flame_page(report: Report, pdf: PdfPages) -> None:
+    """The flame graph of the largest profiled point (flame.csv)."""
+    flame = report.flame
+    if flame is None or flame.empty:
+        return
+    first = flame.iloc[0]
+    size = (f"{first['clients']} clients × {first['messages']} messages"
+            if first["phase"] == "sweep" else f"master step {first['step']}")  # fmt: skip
+    fig = report.new_page(
+        f"The server's flame graph at {first['point']} ({size})",
+        "every py-spy sample of the largest profiled point: one box per function, as wide as "
+        "its share of the samples, the functions it called stacked on it (callers below); "
+        "boxes under 0.2 % are left out. profile/server.svg and server.speedscope.json in the "
+        "point's directory hold the same samples.",
+    )
+    ax = fig.add_axes((0.02, 0.05, 0.96, 0.8))
+    samples = draw_flamegraph(ax, flame_stacks(flame))
+    ax.set_title(f"{samples} samples", loc="left", fontsize=9)
     pdf.savefig(fig)

@@ -33,12 +33,9 @@ def _colour(name: str) -> tuple[float, float, float]:
     return (0.95, 0.45 + 0.45 * h, 0.2 + 0.2 * (1 - h))
 
 
-def write_flamegraph(stacks: list[tuple[list[str], int]], path: Path, title: str) -> Path:
-    """Draw `stacks` (outermost frame first) into `path` (SVG; the suffix names the format)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+def draw_flamegraph(ax: Any, stacks: list[tuple[list[str], int]]) -> int:
+    """Draw `stacks` (outermost frame first) into `ax`; the number of samples."""
+    import matplotlib.patches
 
     root = _tree(stacks)
     total = max(root["n"], 1)
@@ -53,9 +50,6 @@ def write_flamegraph(stacks: list[tuple[list[str], int]], path: Path, title: str
             x += width
 
     place(root, 0.0, 0)
-    depth = max((b[1] for b in boxes), default=0) + 1
-    fig = Figure(figsize=(16, max(3.0, 0.22 * depth + 1.0)))
-    ax = fig.add_axes((0.01, 0.02, 0.98, 0.9))
     for x, level, width, frame in boxes:
         ax.add_patch(matplotlib.patches.Rectangle((x, level), width, 0.95,
                      facecolor=_colour(frame), edgecolor="white", linewidth=0.3))  # fmt: skip
@@ -64,9 +58,27 @@ def write_flamegraph(stacks: list[tuple[list[str], int]], path: Path, title: str
             label = frame if len(frame) <= chars else frame[: chars - 1] + "…"
             ax.text(x + 0.002, level + 0.45, label, fontsize=6, va="center", clip_on=True)
     ax.set_xlim(0, 1)
-    ax.set_ylim(0, depth)
+    ax.set_ylim(0, depth_of(stacks))
     ax.set_axis_off()
-    ax.set_title(f"{title}: {root['n']} samples; width = share of samples, callers below",
+    return root["n"]
+
+
+def depth_of(stacks: list[tuple[list[str], int]]) -> int:
+    """Levels a flame graph of `stacks` has (at least 1)."""
+    return max((len(frames) for frames, _count in stacks), default=0) or 1
+
+
+def write_flamegraph(stacks: list[tuple[list[str], int]], path: Path, title: str) -> Path:
+    """Draw `stacks` (outermost frame first) into `path` (SVG; the suffix names the format)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(16, max(3.0, 0.22 * depth_of(stacks) + 1.0)))
+    ax = fig.add_axes((0.01, 0.02, 0.98, 0.9))
+    samples = draw_flamegraph(ax, stacks)
+    ax.set_title(f"{title}: {samples} samples; width = share of samples, callers below",
                  loc="left", fontsize=9)  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format=path.suffix[1:] or "svg")  # .svg, or .png to look at
