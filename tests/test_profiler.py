@@ -106,7 +106,7 @@ def test_a_profile_without_samples_still_writes_every_file(tmp_path: Path) -> No
     # A sleeping process is idle to py-spy: no sample, as in a point too short to be caught.
     idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
-        sampler = profiler.ServerProfiler(tmp_path / "profile", rate_hz=20, native=False)
+        sampler = profiler.Profiler(tmp_path / "profile", rate_hz=20, native=False)
         assert sampler.start(idle.pid)
         time.sleep(0.5)
         doc = sampler.stop()
@@ -144,6 +144,26 @@ def test_a_server_started_alone_profiles_itself(tmp_path: Path) -> None:
     with open(out / "top.csv") as f:
         assert any(row["function"] == "Server._serve_burst" for row in csv.DictReader(f))
     assert (out / "server.svg").is_file() and (out / "server.speedscope.json").is_file()
+
+
+@pytest.mark.skipif(profiler.py_spy() is None, reason="py-spy is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="py-spy attaches to another process as root")
+def test_profiled_client_processes_name_the_load_generators_hot_path(tmp_path: Path) -> None:
+    config = PointConfig(clients=40, messages=400, processes=2, profile_clients=True,
+                         profile_rate_hz=200)  # fmt: skip
+    point = tmp_path / "run" / "points" / "40-400-1"
+    doc = run_point(config, point)
+    assert doc["verdict"] in ("ok", "generator_behind")
+    assert doc["profile"]["reason"] == "off"  # the server was not sampled, the clients were
+    assert [c["profiled"] for c in doc["profile"]["clients"]] == [True, True]
+    for k in (0, 1):
+        with open(point / "profile" / f"client-{k}" / "top.csv") as f:
+            files = {row["file"] for row in csv.DictReader(f)}
+        assert any(file.startswith("msgprof/load/") for file in files)
+        assert (point / "profile" / f"client-{k}" / "client.svg").is_file()
+    table = analysis.read_tables(tmp_path / "run").profile
+    assert set(table["process"]) == {"client-0", "client-1"}
+    assert table[table["file"].str.startswith("msgprof/load/")]["process"].nunique() == 2
 
 
 def test_a_profiler_that_cannot_start_leaves_the_point_measuring(tmp_path, monkeypatch) -> None:

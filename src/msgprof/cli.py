@@ -146,8 +146,8 @@ def _build_parser() -> argparse.ArgumentParser:
             else argparse.HelpFormatter,
         )
         _add_settings(cmd, name)
-        if name == "server":
-            _add_options(cmd, commands.server_profile_options())
+        if name in ("server", "client"):
+            _add_options(cmd, commands.profile_out_options())
 
     _add_knee(sub)
     _add_capacity(sub)
@@ -261,29 +261,36 @@ def _model(args: argparse.Namespace, **fields: Any) -> Any:
     return command.model(**values, **fields)
 
 
-def _cmd_server(args: argparse.Namespace) -> int:
-    from msgprof.server.server import serve
-
+@contextlib.contextmanager
+def _profiled(args: argparse.Namespace, name: str) -> Any:
+    """With --profile-out DIR: py-spy samples this process while the block runs, then DIR gets
+    the profile files and profile.json (msgprof.experiment.profiler)."""
     if args.profile_out is None:
-        serve(_model(args))
-        return 0
+        yield
+        return
     from msgprof import atomic
-    from msgprof.experiment.profiler import ServerProfiler
+    from msgprof.experiment.profiler import Profiler
 
-    log = logging.getLogger("msgprof.server")
-    sampler = ServerProfiler(args.profile_out, args.profile_rate_hz, args.profile_native,
-                             args.profile_threads)  # fmt: skip
+    log = logging.getLogger(f"msgprof.{name}")
+    sampler = Profiler(args.profile_out, args.profile_rate_hz, args.profile_native,
+                             args.profile_threads, name=name)  # fmt: skip
     if not sampler.start(os.getpid()):
-        log.warning("serving without a profile: %s", sampler.reason)
+        log.warning("running without a profile: %s", sampler.reason)
     try:
-        serve(_model(args))
+        yield
     finally:
         doc = sampler.stop()
         args.profile_out.mkdir(parents=True, exist_ok=True)
         atomic.write_text(args.profile_out / "profile.json", json.dumps(doc, indent=2) + "\n")
-        log.info("profile: %s samples in %s (%s)", doc["samples"], args.profile_out,
-                 "top.csv, server.svg, server.speedscope.json" if doc["profiled"]
-                 else doc["reason"])  # fmt: skip
+        log.info("profile: %s samples in %s%s", doc["samples"], args.profile_out,
+                 "" if doc["profiled"] else f" ({doc['reason']})")  # fmt: skip
+
+
+def _cmd_server(args: argparse.Namespace) -> int:
+    from msgprof.server.server import serve
+
+    with _profiled(args, "server"):
+        serve(_model(args))
     return 0
 
 
@@ -311,7 +318,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
             tmp.write_text(json.dumps(counts))
             os.replace(tmp, args.out / "progress.json")
 
-    summary = run_clients(_model(args), args.out, progress=progress, stop=stop)
+    with _profiled(args, "client"):
+        summary = run_clients(_model(args), args.out, progress=progress, stop=stop)
     if summary["stopped"]:
         log.info("stopped early by a signal; outputs written")
     return 0

@@ -38,8 +38,8 @@ class RunArguments:
         help="ramp-up steps as CLIENTSxMESSAGES, comma separated, e.g. 10x100,50x200,100x400"
     )
     profile_out: Path | None = path(
-        help="sample this server with py-spy while it runs and write what a profiled point "
-        "gets (top.csv, server.svg, server.speedscope.json; profile.json says how many "
+        help="sample this process with py-spy while it runs and write what a profiled point "
+        "gets (top.csv, a flame graph .svg, .speedscope.json; profile.json says how many "
         "samples, or why none) into DIR when it stops (docs/profiling.md)",
         metavar="DIR",
     )
@@ -59,7 +59,7 @@ class Command:
 
 _PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
 #: A point's server may be sampled (msgprof.experiment.profiler); the master case's is not.
-_PROFILE = ("profile", "profile_rate_hz", "profile_native", "profile_threads")
+_PROFILE = ("profile", "profile_clients", "profile_rate_hz", "profile_native", "profile_threads")
 _RUN_OPTIONS = (
     *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
     "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
@@ -91,14 +91,20 @@ def options(command: str) -> Iterator[tuple[str, Any, Setting]]:
     return _items(COMMANDS[command].model, COMMANDS[command].options)
 
 
-#: `msgprof server --profile-out DIR`: the server sampled as a point's is, written when it stops.
-#: Not in the server's model: the server does not profile itself, its command starts py-spy.
-SERVER_PROFILE = ("profile_out", "profile_rate_hz", "profile_native", "profile_threads")
+#: `msgprof server|client --profile-out DIR`: the process sampled as a point's server is,
+#: written when it stops. In no model: the command starts py-spy on its own process.
+PROFILE_OUT = ("profile_out", "profile_rate_hz", "profile_native", "profile_threads")
 
 
-def server_profile_options() -> Iterator[tuple[str, Any, Setting]]:
-    """(name, default, setting) of `msgprof server`'s profiling options."""
-    return _items(PointConfig, SERVER_PROFILE)
+def profile_out_options() -> Iterator[tuple[str, Any, Setting]]:
+    """(name, default, setting) of the profiling options of `msgprof server` and `client`."""
+    return _items(PointConfig, PROFILE_OUT)
+
+
+def profile_out_argv(config: PointConfig, out: Path) -> list[str]:
+    """The options that make a `msgprof client` of `config`'s point sample itself into `out`."""
+    argv = ["--profile-out", str(out), "--profile-rate-hz", str(config.profile_rate_hz)]
+    return argv + [flag(name) for name in PROFILE_OUT[2:] if getattr(config, name)]
 
 
 def _items(model: type, names: tuple[str, ...]) -> Iterator[tuple[str, Any, Setting]]:

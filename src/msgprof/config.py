@@ -398,17 +398,21 @@ class PointConfig(LoadOptions, ServerOptions):
         help="sample the server with py-spy for the whole point: OUT/profile/ gets "
         "server.speedscope.json and top.csv (CPU share per function)",
     )
+    profile_clients: bool = switch(
+        help="sample each client process with py-spy too: OUT/profile/client-K/ gets its "
+        "top.csv and flame graph (a saturated load generator is a measurement error)",
+    )
     profile_rate_hz: int = positive_int(
         20,
-        help="when profiling (--profile, --profile-out): samples a second (100 costs the "
+        help="when profiling (--profile*, --profile-out): samples a second (100 costs the "
         "server about 10%% of its throughput here). Default: %(default)s",
     )
     profile_native: bool = switch(
-        help="when profiling (--profile, --profile-out): sample the C frames too (libzmq, "
+        help="when profiling (--profile*, --profile-out): sample the C frames too (libzmq, "
         "the interpreter)"
     )
     profile_threads: bool = switch(
-        help="when profiling (--profile, --profile-out): each thread a root of its own (the "
+        help="when profiling (--profile*, --profile-out): each thread a root of its own (the "
         "serving loop apart from the store's flusher and the gatekeeper)"
     )
     #: CURVE on: keys are made for the run in keys_dir.

@@ -87,6 +87,7 @@ def run_config(**fields):
         **config["client"],
         **{
             "profile": PROFILE["server"],
+            "profile_clients": PROFILE["clients"],
             "profile_rate_hz": PROFILE["rate_hz"],
             "profile_native": PROFILE["native"],
             "profile_threads": PROFILE["threads"],

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from msgprof import histlog
-from msgprof.commands import command_argv
+from msgprof.commands import command_argv, profile_out_argv
 from msgprof.config import ClientConfig, LoadOptions, PointConfig, shared
 from msgprof.experiment import launch
 from msgprof.experiment.lifecycle import ChildProcesses, msgprof_argv, read_json
@@ -78,6 +78,8 @@ def run_client_processes(
         if procs.stopping:  # the run was asked to stop: start nothing more
             break
         argv = client_argv(config, endpoint, ids, work / f"client-{k}", barrier)
+        if config.profile_clients:
+            argv += profile_out_argv(config, out_dir / "profile" / f"client-{k}")
         argv = launch.client_argv(config, k, len(ranges), argv)
         started.append(procs.start(f"client-{k}", argv, out_dir / f"client-{k}.log"))
     deadline = time.monotonic() + config.deadline_s + CLIENT_GRACE_S

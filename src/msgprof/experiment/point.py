@@ -7,6 +7,7 @@ verdict in point.json that names the limit. The run's setup and teardown are msg
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -17,25 +18,39 @@ from msgprof.config import PointConfig
 from msgprof.experiment import netstat
 from msgprof.experiment.clients import Load, run_load
 from msgprof.experiment.lifecycle import Run
-from msgprof.experiment.profiler import ServerProfiler
+from msgprof.experiment.profiler import Profiler
 from msgprof.experiment.progress import Progress
 from msgprof.experiment.summary import write_point
 
 log = logging.getLogger("msgprof.point")
 
 
-def start_profiler(config: PointConfig, run: Run) -> ServerProfiler | None:
+def start_profiler(config: PointConfig, run: Run) -> Profiler | None:
     """py-spy on the server with --profile (None without); one that cannot start says why in
     the log and in point.json, and the point measures on."""
     if not config.profile or run.server.process is None:
         return None
-    profiler = ServerProfiler(
+    profiler = Profiler(
         run.out_dir / "profile", config.profile_rate_hz, config.profile_native,
         config.profile_threads,
     )  # fmt: skip
     if not profiler.start(run.server.process.pid, run.procs.start):
         log.warning("the server is not profiled: %s", profiler.reason)
     return profiler
+
+
+def client_profiles(profile_dir: Path, processes: int) -> list[dict[str, Any]]:
+    """What each client process's own profiler recorded (--profile-clients: profile.json of
+    profile/client-K/), or why there is none."""
+    docs = []
+    for k in range(processes):
+        path = profile_dir / f"client-{k}" / "profile.json"
+        try:
+            docs.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as err:
+            reason = f"no profile.json ({err.__class__.__name__})"
+            docs.append({"profiled": False, "reason": reason})
+    return docs
 
 
 def load_acked(load: Load) -> int:
@@ -82,6 +97,8 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
             timings["clients_wall_s"] = time.monotonic() - t1
             if profiler is not None:
                 profile = profiler.stop()
+            if config.profile_clients:
+                profile["clients"] = client_profiles(run.out_dir / "profile", len(load.docs))
         tcp = netstat.deltas(counters, netstat.read_counters())
         t2 = time.monotonic()
         server_stats = run.server.stop(run.problems)

@@ -1,4 +1,5 @@
-"""Where the server's CPU goes: py-spy samples it for the whole point.
+"""Where the server's CPU goes: py-spy samples it for the whole point (and, asked, where each
+client process's goes).
 
 py-spy (a PyPI package that ships its own binary) attaches to the running server by pid, as
 root or with CAP_SYS_PTRACE, and records every `rate_hz`-th of a second the stack of each thread
@@ -7,7 +8,8 @@ and the interpreter, `threads` a root frame per thread. It reads the stacks with
 server (`--nonblocking`): paused
 100 times a second the server lost 10-20 % of its throughput at 100 clients on this host
 (benchmarks/profiler_overhead.py), and a stack read while it changes is rare enough for shares.
-From its collapsed stacks the point's profile/ directory gets:
+From its collapsed stacks the point's profile/ directory gets (a client process sampled with
+--profile-clients the same in profile/client-K/, named `client.*`):
 
 - server.speedscope.json: the samples, to open in https://www.speedscope.app;
 - server.svg: a flame graph of them (msgprof.report.flamegraph);
@@ -61,8 +63,9 @@ def _plain_child(_name: str, argv: list[str], log_path: Path) -> subprocess.Pope
         return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
 
 
-class ServerProfiler:
-    """py-spy on one process for as long as it runs or until `stop()`."""
+class Profiler:
+    """py-spy on one process (a point's server, a client process) for as long as it runs or
+    until `stop()`."""
 
     def __init__(self, out_dir: Path, rate_hz: int, native: bool, threads: bool = False,
                  name: str = "server") -> None:  # fmt: skip

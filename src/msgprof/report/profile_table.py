@@ -19,19 +19,32 @@ from msgprof.report.stacks import read_collapsed
 
 #: Functions kept per point, the most self time first.
 TOP_N = 20
-FUNCTION_COLUMNS = ["rank", "function", "file", "line", "self_pct", "total_pct", "samples"]
+FUNCTION_COLUMNS = [
+    "process", "rank", "function", "file", "line", "self_pct", "total_pct", "samples",
+]  # fmt: skip
 INTS = ("step", "clients", "messages", "rep", "payload_bytes", "rank", "line", "samples")
 
 
+def _sampled(point_dir: Path) -> list[tuple[str, Path]]:
+    """(process, its top.csv) of each process sampled in a point: the server, then the client
+    processes in order (--profile-clients: profile/client-K/)."""
+    found = [("server", point_dir / "profile" / "top.csv")]
+    clients = (point_dir / "profile").glob("client-*/top.csv")
+    found += sorted(((p.parent.name, p) for p in clients),
+                    key=lambda item: (len(item[0]), item[0]))  # fmt: skip
+    return [(process, path) for process, path in found if path.is_file()]
+
+
 def profile_rows(keys: dict[str, Any], point_dir: Path) -> list[dict[str, Any]]:
-    """profile.csv's rows of one point (none without profile/top.csv)."""
-    path = point_dir / "profile" / "top.csv"
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        top = list(csv.DictReader(f))[:TOP_N]
-    return [keys | {"rank": rank, **{name: row[name] for name in FUNCTION_COLUMNS[1:]}}
-            for rank, row in enumerate(top, start=1)]  # fmt: skip
+    """profile.csv's rows of one point (none without a profile)."""
+    rows = []
+    for process, path in _sampled(point_dir):
+        with open(path, newline="") as f:
+            top = list(csv.DictReader(f))[:TOP_N]
+        rows += [keys | {"process": process, "rank": rank}
+                 | {name: row[name] for name in FUNCTION_COLUMNS[2:]}
+                 for rank, row in enumerate(top, start=1)]  # fmt: skip
+    return rows
 
 
 def profile_table(rows: list[dict[str, Any]], key_columns: list[str]) -> pd.DataFrame:
@@ -45,10 +58,14 @@ def profile_table(rows: list[dict[str, Any]], key_columns: list[str]) -> pd.Data
 
 
 def read_profile(path: Path, key_columns: list[str]) -> pd.DataFrame:
-    """profile.csv as written; no rows when there is none (a run from before it)."""
+    """profile.csv as written; no rows when there is none (a run from before it). A run from
+    before client processes were sampled has the server's rows only."""
     if not path.is_file():
         return profile_table([], key_columns)
-    return pd.read_csv(path, dtype={name: "Int64" for name in INTS} | {"point": str})
+    table = pd.read_csv(path, dtype={name: "Int64" for name in INTS} | {"point": str})
+    if "process" not in table.columns:
+        table.insert(table.columns.get_loc("rank"), "process", "server")
+    return table
 
 
 #: flame.csv: the stacks of one point, after its identifying columns.

@@ -48,6 +48,9 @@ def profile_page(report: Report, pdf: PdfPages) -> None:
     profile = report.profile
     if profile is None or profile.empty:
         return
+    profile = profile[profile["process"] == "server"]
+    if profile.empty:
+        return
     profile = profile.assign(key=profile["function"] + " (" + profile["file"].fillna("") + ")")
     shown = _shown(profile)
     fig = report.new_page(
