@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from msgprof import __version__, commands
+from msgprof.report import review
 from msgprof.setting import Setting, flag, settings_of
 
 _EPILOG_POINT = """\
@@ -173,6 +174,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ):
         cmd = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         cmd.add_argument("run_dir", type=Path, help="results/<run>/ made by the workflow")
+    review.add_parsers(sub)
     return parser
 
 
@@ -424,6 +426,7 @@ _COMMANDS = {
     "calibrate": _cmd_calibrate,
     "analyze": _cmd_analyze,
     "report": _cmd_report,
+    **review.COMMANDS,
 }
 
 
@@ -436,6 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s %(name)s[{os.getpid()}] %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # PDF font subsetting, per glyph
     try:
         return _COMMANDS[args.command](args)
     except ValueError as err:

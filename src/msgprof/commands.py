@@ -59,7 +59,7 @@ class Command:
 
 _PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
 #: A point's server may be sampled (msgprof.experiment.profiler); the master case's is not.
-_PROFILE = ("profile", "profile_clients", "profile_rate_hz", "profile_native", "profile_threads")
+POINT_PROFILE = ("profile", "profile_clients", "profile_rate_hz", "profile_native", "profile_threads")
 _RUN_OPTIONS = (
     *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
     "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
@@ -79,7 +79,7 @@ COMMANDS = {
     "client": Command(ClientConfig, _CLIENT),
     "point": Command(
         PointConfig,
-        ("clients", "messages", "duration_s", "first_client_id", *_RUN_OPTIONS, *_PROFILE),
+        ("clients", "messages", "duration_s", "first_client_id", *_RUN_OPTIONS, *POINT_PROFILE),
     ),
     "master": Command(PointConfig, ("steps", *_RUN_OPTIONS)),
 }
