@@ -59,7 +59,9 @@ class Command:
 
 _PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
 #: A point's server may be sampled (msgprof.experiment.profiler); the master case's is not.
-POINT_PROFILE = ("profile", "profile_clients", "profile_rate_hz", "profile_native", "profile_threads")
+POINT_PROFILE = (
+    "profile", "profile_clients", "profile_rate_hz", "profile_native", "profile_threads",
+)  # fmt: skip
 _RUN_OPTIONS = (
     *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
     "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
