@@ -16,6 +16,7 @@ include: "workflow/rules/calibrate.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/knee.smk"
 include: "workflow/rules/capacity.smk"
+include: "workflow/rules/review.smk"
 
 
 rule all:

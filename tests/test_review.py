@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from pypdf import PdfReader
 
 from msgprof.cli import main
 from msgprof.config import PointConfig
 from msgprof.experiment.point import run_point
-from msgprof.report import analysis, compare, runs, slo
+from msgprof.report import analysis, compare, plots, runs, slo
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "results" / "reference"
@@ -128,6 +129,12 @@ def test_runs_that_differ_in_one_setting_are_matched_without_it(tmp_path) -> Non
     assert (rtt["ci_low"] <= rtt["ratio"]).all() and (rtt["ratio"] <= rtt["ci_high"]).all()
     lines = compare.summary_lines(result)
     assert any("differ in ack_after: write (A) vs fsync (B)" in line for line in lines)
+    # the gates of one of them, on the report's page
+    run = str(tmp_path / "write")
+    assert main(["check", run, "--slo", "rtt_p99_us<=1", "--slo", "lost==0", "--report-only"]) == 0
+    pages = [p.extract_text() for p in PdfReader(plots.write_report(tmp_path / "write")).pages]
+    page = next(text for text in pages if "Service-level gates" in text)
+    assert "2 gates at 2 points: 2 failed" in page and "FAIL" in page and "lost==0" in page
 
 
 def test_a_directory_without_points_is_a_clear_error(tmp_path, capsys) -> None:

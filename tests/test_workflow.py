@@ -28,6 +28,8 @@ TINY = {
     "paced": {"clients": [3], "rate": [40], "duration_s": 1.5, "warmup_s": 0.3},
     "server": {"backlog": 16, "max_open_files": 16, "rlimit_nofile": 200},
     "client": {"processes": 1, "timeout_s": 2, "connect_timeout_s": 3, "deadline_s": 30},
+    # gates checked after the analysis (the 150-client point is left out by the filter)
+    "slo": {"gates": ["lost==0", "acked>=6"], "where": ["clients<=100"]},
 }
 
 
@@ -114,9 +116,47 @@ def test_second_run_does_nothing_and_a_deleted_point_is_redone_alone(tiny_run):
     assert redo.returncode == 0, redo.stderr[-3000:]
     text = redo.stdout + redo.stderr
     jobs = set(re.findall(r"^(?:local)?rule (\w+):", text, flags=re.MULTILINE))
-    assert jobs == {"point", "analysis", "manifest", "profiling_pdf", "all"}, jobs
+    expected = {"point", "analysis", "manifest", "slo", "profiling_pdf", "slo_gate", "all"}
+    assert jobs == expected, jobs
     assert len(re.findall(r"^(?:local)?rule point:", text, flags=re.MULTILINE)) == 1
     assert "wildcards: clients=3, messages=4, rep=1" in text
+
+
+def test_gates_are_checked_and_a_failing_one_fails_the_run(tiny_run, tmp_path):
+    slo = pd.read_csv(tiny_run / "results/tiny/slo.csv")
+    assert set(slo["gate"]) == {"lost==0", "acked>=6"} and set(slo["result"]) == {"pass"}
+    assert "150-4-1" not in set(slo["point"])  # where: clients<=100
+    assert (tiny_run / "results/tiny/logs/slo.passed").is_file()
+    from pypdf import PdfReader
+
+    pdf = PdfReader(tiny_run / "results/tiny/msg_proc_profiling.pdf")
+    pages = [p.extract_text() for p in pdf.pages]
+    assert any("Service-level gates" in text for text in pages)
+    # the same run with a gate no point can meet: the job slo_gate fails, the run exits non-zero
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    done = snakemake(workdir, "--config", "slo={gates: ['rtt_p99_us<=1']}")
+    assert done.returncode != 0
+    text = done.stdout + done.stderr
+    assert "Error in rule slo_gate" in text and "FAIL rtt_p99_us<=1" in text
+    slo = pd.read_csv(workdir / "results/tiny/slo.csv")
+    assert set(slo["result"]) == {"fail"}
+    assert (workdir / "results/tiny/msg_proc_profiling.pdf").is_file()
+
+
+def test_compare_to_adds_the_comparison_with_another_run(tiny_run, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    shutil.copytree(workdir / "results/tiny", workdir / "results/before")  # the same numbers
+    done = snakemake(workdir, "--config", "compare_to=before")
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = workdir / "results/tiny/compare-to-before"
+    table = pd.read_csv(out / "compare.csv")
+    assert set(table["verdict"]) == {"same"} and len(table) > 10
+    assert (out / "compare.pdf").is_file() and json.loads((out / "compare.json").read_text())
+    text = done.stdout + done.stderr
+    jobs = set(re.findall(r"^(?:local)?rule (\w+):", text, flags=re.MULTILINE))
+    assert jobs == {"compare", "all"}
 
 
 def test_curve_sweep_plans_a_curve_twin_of_every_point(tmp_path):

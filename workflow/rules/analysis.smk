@@ -70,6 +70,7 @@ rule profiling_pdf:
         rules.analysis.output,
         rules.calibrate.output,
         rules.manifest.output.manifest,
+        slo_table(),
     output:
         report(
             f"{RESULTS}/msg_proc_profiling.pdf",

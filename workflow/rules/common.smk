@@ -156,13 +156,30 @@ def measured_outputs():
     return outputs
 
 
+def compare_run(name):
+    """The run `compare_to` names: a run name under results/, or a path to a run directory."""
+    path = Path(name)
+    return path if len(path.parts) > 1 else Path("results") / name
+
+
+def slo_table():
+    """slo.csv when the config has gates (the report's page on them reads it)."""
+    return [f"{RESULTS}/slo.csv"] if config["slo"]["gates"] else []
+
+
 def all_targets():
     """Everything `rule all` asks for; measured outputs are targets too, so a deleted point is
-    redone (and with it the aggregation) rather than silently skipped as an intermediate.
+    redone (and with it the aggregation) rather than silently skipped as an intermediate. With
+    gates, their check (which fails the run when one failed); with compare_to, the comparison.
     """
-    return measured_outputs() + [
+    targets = measured_outputs() + [
         f"{RESULTS}/analysis.csv",
         f"{RESULTS}/points.csv",
         f"{RESULTS}/msg_proc_profiling.pdf",
         f"{RESULTS}/manifest.json",
     ]
+    if config["slo"]["gates"]:
+        targets.append(f"{RESULTS}/logs/slo.passed")
+    if config["compare_to"] is not None:
+        targets.append(rules.compare.output.csv)
+    return targets

@@ -274,7 +274,8 @@ def compare(a: RunData, b: RunData, options: Options | None = None) -> Compariso
             if va.empty or vb.empty:
                 continue
             value_a, value_b = float(va.median()), float(vb.median())
-            ratio = value_b / value_a if value_a > 0 else math.nan
+            # equal is a ratio of 1, zeros included; from 0 to more is no ratio
+            ratio = 1.0 if value_a == value_b else value_b / value_a if value_a > 0 else math.nan
             low, high, units = _interval(metric, ratio, (ga, gb), (a, b), options, rng)
             rows.append(keys | {
                 "metric": metric.name, "a": value_a, "b": value_b, "ratio": ratio,

@@ -32,6 +32,7 @@ from msgprof.report.pages.offered import offered_page
 from msgprof.report.pages.profile import flame_page, profile_page
 from msgprof.report.pages.provenance import provenance_page
 from msgprof.report.pages.resources import resource_page
+from msgprof.report.pages.slo import slo_page
 from msgprof.report.pages.tables import limits_page, verdict_page
 from msgprof.report.pages.timeline import timeline_page
 
@@ -69,6 +70,7 @@ def render(run_dir: Path | str, out: Path | str) -> None:
         profile_page(report, pdf)
         flame_page(report, pdf)
         verdict_page(report, pdf)
+        slo_page(report, pdf)
         limits_page(report, pdf)
         capacity_page(report, pdf)
         provenance_page(report, pdf)
