@@ -74,6 +74,19 @@ def test_report_made_its_tables_and_shows_what_they_hold(rendered: Path) -> None
     assert "0123456789abcdef" in texts[7] and "clients: [3, 4, 30]" in texts[7]
 
 
+def test_every_page_is_also_a_png_under_its_category(rendered: Path) -> None:
+    figures = sorted((rendered / "figures").rglob("*.png"))
+    assert len(figures) == len(PAGE_TITLES)
+    assert [int(p.name[:2]) for p in sorted(figures, key=lambda p: p.name)] == list(
+        range(1, len(PAGE_TITLES) + 1)
+    )
+    assert {p.parent.name for p in figures} == {"Clients", "Load", "Server", "Verdicts",
+                                                "Provenance"}  # fmt: skip
+    first = rendered / "figures" / "Clients" / "01-client-id-vs-connect-time.png"
+    assert first.read_bytes().startswith(b"\x89PNG") and first.stat().st_size > 10_000
+    assert not (rendered / ".figures.tmp").exists()
+
+
 def test_rerun_gives_the_same_bytes(rendered: Path) -> None:
     pdf = rendered / plots.REPORT_NAME
     before = pdf.read_bytes()

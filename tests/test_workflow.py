@@ -159,6 +159,51 @@ def test_compare_to_adds_the_comparison_with_another_run(tiny_run, tmp_path):
     assert jobs == {"compare", "all"}
 
 
+def chromium() -> str:
+    """A headless Chromium: found, or installed from Debian's packages as root; else skip."""
+    for name in ("chromium", "chromium-browser"):
+        if shutil.which(name):
+            return shutil.which(name)
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("no chromium, and installing it needs root and apt-get")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"]
+    done = subprocess.run(install, capture_output=True, text=True, timeout=900, env=env)
+    if done.returncode != 0:  # a stale package list: once more after an update
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600, env=env)
+        done = subprocess.run(install, capture_output=True, text=True, timeout=900, env=env)
+    if done.returncode != 0 or shutil.which("chromium") is None:
+        pytest.skip(f"chromium cannot be installed here: {done.stderr.strip()[-300:]}")
+    return shutil.which("chromium")
+
+
+def test_the_html_report_renders_every_figure_by_category(tiny_run, tmp_path):
+    html = tmp_path / "report.html"
+    done = snakemake(tiny_run, "--report", str(html))
+    assert done.returncode == 0, done.stderr[-3000:]
+    browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+               "--virtual-time-budget=5000", "--window-size=1400,1000"]  # fmt: skip
+    shot = tmp_path / "shot.png"
+    subprocess.run([*browser, f"--screenshot={shot}", html.as_uri()], capture_output=True,
+                   timeout=180, check=True)  # fmt: skip
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)[..., :3].reshape(-1, 3)
+    assert pixels.std() > 0.05 and len(set(map(tuple, pixels[::97].round(2)))) > 20  # not blank
+    dom = subprocess.run([*browser, "--dump-dom", html.as_uri()], capture_output=True,
+                         text=True, timeout=180, check=True).stdout  # fmt: skip
+    # the menu as rendered: one entry per category of figures, tables and provenance
+    for category in ("Clients", "Load", "Server", "Verdicts", "Provenance", "Tables"):
+        assert re.search(rf">\s*{category}\s*<", dom), category
+    # every page of the PDF is a figure of its own, captioned with its title
+    figures = sorted((tiny_run / "results/tiny/figures").rglob("*.png"))
+    assert len(figures) >= 10
+    for figure in figures:
+        title = figure.stem[3:].replace("-", " ")
+        assert figure.name in dom and title in dom, figure.name
+    assert "Service-level gates" in dom or "service level gates" in dom
+
+
 def test_curve_sweep_plans_a_curve_twin_of_every_point(tmp_path):
     (tmp_path / "config").mkdir()
     config = dict(TINY, sweep=dict(TINY["sweep"], clients=[3], curve=[False, True]))

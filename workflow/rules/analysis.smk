@@ -55,8 +55,16 @@ rule manifest:
     input:
         measured_outputs(),
     output:
-        manifest=f"{RESULTS}/manifest.json",
-        config=f"{RESULTS}/config.yaml",
+        manifest=report(
+            f"{RESULTS}/manifest.json",
+            caption="../report/manifest.rst",
+            category="Provenance",
+        ),
+        config=report(
+            f"{RESULTS}/config.yaml",
+            caption="../report/config.rst",
+            category="Provenance",
+        ),
     log:
         f"{RESULTS}/logs/manifest.log",
     conda:
@@ -72,16 +80,23 @@ rule profiling_pdf:
         rules.manifest.output.manifest,
         slo_table(),
     output:
-        report(
+        pdf=report(
             f"{RESULTS}/msg_proc_profiling.pdf",
             caption="../report/profiling_pdf.rst",
             category="Profiling",
+        ),
+        figures=report(
+            directory(f"{RESULTS}/figures"),
+            patterns=["{category}/{page}.png"],
+            caption="../report/figure.rst",
+            category="{category}",
+            labels={"page": "{page}"},
         ),
     log:
         f"{RESULTS}/logs/profiling_pdf.log",
     conda:
         "../envs/msgprof.yaml"
     params:
-        run_dir=subpath(output[0], parent=True),
+        run_dir=subpath(output.pdf, parent=True),
     shell:
         "msgprof report {params.run_dir} > {log} 2>&1"

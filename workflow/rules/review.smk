@@ -37,7 +37,7 @@ if SLO["gates"]:
     rule slo_gate:
         input:
             rules.slo.output,
-            rules.profiling_pdf.output,
+            rules.profiling_pdf.output.pdf,
         output:
             touch(f"{RESULTS}/logs/slo.passed"),
         log:

@@ -18,12 +18,14 @@ the monotonic origin of resources.parquet are in no table. Each kind of page is 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import matplotlib
 from matplotlib.backends.backend_pdf import PdfPages
 
 from msgprof import atomic
+from msgprof.report.figures import FIGURES_DIR, Pages, replace_dir
 from msgprof.report.pages.base import STYLE, Report
 from msgprof.report.pages.capacity import capacity_page
 from msgprof.report.pages.clients import client_page
@@ -39,44 +41,58 @@ from msgprof.report.pages.timeline import timeline_page
 REPORT_NAME = "msg_proc_profiling.pdf"
 
 
-def render(run_dir: Path | str, out: Path | str) -> None:
-    """Write the report of `run_dir` to `out` (not atomically: `write_report` renames it)."""
+def render(run_dir: Path | str, out: Path | str, figures: Path | None = None) -> None:
+    """Write the report of `run_dir` to `out` (not atomically: `write_report` renames it), and
+    each page as a PNG under `figures` when given."""
     report = Report(Path(run_dir))
     with (
         matplotlib.rc_context(STYLE),
         PdfPages(out, metadata={"CreationDate": None, "Creator": "msgprof"}) as pdf,
     ):
-        client_page(
-            report,
-            pdf,
-            "connect_ms",
-            "connect time (ms)",
-            "Client id vs connect time",
-            "setup time: connect() to the ZMTP handshake (socket monitor), per client",
-        )
-        client_page(
-            report,
-            pdf,
-            "rtt_median_us",
-            "median RTT (µs)",
-            "Client id vs median RTT",
-            "median over each client's acknowledged round trips (one message in flight per client)",
-        )
-        rtt_page(report, pdf)
-        throughput_page(report, pdf)
-        offered_page(report, pdf)
-        timeline_page(report, pdf)
-        resource_page(report, pdf)
-        profile_page(report, pdf)
-        flame_page(report, pdf)
-        verdict_page(report, pdf)
-        slo_page(report, pdf)
-        limits_page(report, pdf)
-        capacity_page(report, pdf)
-        provenance_page(report, pdf)
+        pages = Pages(pdf, figures)
+        with pages.under("Clients"):
+            client_page(
+                report,
+                pages,
+                "connect_ms",
+                "connect time (ms)",
+                "Client id vs connect time",
+                "setup time: connect() to the ZMTP handshake (socket monitor), per client",
+            )
+            client_page(
+                report,
+                pages,
+                "rtt_median_us",
+                "median RTT (µs)",
+                "Client id vs median RTT",
+                "median over each client's acknowledged round trips (one message in flight per "
+                "client)",
+            )
+        with pages.under("Load"):
+            rtt_page(report, pages)
+            throughput_page(report, pages)
+            offered_page(report, pages)
+            timeline_page(report, pages)
+        with pages.under("Server"):
+            resource_page(report, pages)
+            profile_page(report, pages)
+            flame_page(report, pages)
+        with pages.under("Verdicts"):
+            verdict_page(report, pages)
+            slo_page(report, pages)
+            limits_page(report, pages)
+            capacity_page(report, pages)
+        with pages.under("Provenance"):
+            provenance_page(report, pages)
 
 
 def write_report(run_dir: Path | str) -> Path:
-    """Render run_dir/msg_proc_profiling.pdf atomically (tables are made first if missing)."""
+    """Render run_dir/msg_proc_profiling.pdf atomically (tables are made first if missing),
+    and run_dir/figures/ (each page as a PNG, by category) in place of the old one."""
     run_dir = Path(run_dir)
-    return atomic.replace_into(run_dir / REPORT_NAME, lambda tmp: render(run_dir, tmp))
+    tmp = run_dir / f".{FIGURES_DIR}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    path = atomic.replace_into(run_dir / REPORT_NAME, lambda out: render(run_dir, out, tmp))
+    replace_dir(tmp, run_dir / FIGURES_DIR)
+    return path
