@@ -98,7 +98,13 @@ def test_outputs_columns_and_pdf(tiny_run):
     assert yaml.safe_load((run / "config.yaml").read_text())["run"] == "tiny"
     from pypdf import PdfReader
 
-    assert len(PdfReader(run / "msg_proc_profiling.pdf").pages) >= 8
+    pages = [page.extract_text() for page in PdfReader(run / "msg_proc_profiling.pdf").pages]
+    assert len(pages) >= 8
+    # every job's benchmark file, summed up on the last page
+    for job in ("points/3-4-1", "master", "calibrate", "analysis", "manifest", "profiling_pdf"):
+        assert (run / "benchmarks" / f"{job}.tsv").is_file(), job
+    assert "The pipeline's own cost" in pages[-1]
+    assert re.search(r"points 3 [0-9.]+", pages[-1]) and "calibrate 1" in pages[-1]
 
 
 def test_point_over_the_descriptor_budget_is_a_recorded_verdict(tiny_run):

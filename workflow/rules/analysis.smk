@@ -43,6 +43,8 @@ rule analysis:
         ),
     log:
         f"{RESULTS}/logs/analysis.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/analysis.tsv"
     conda:
         "../envs/msgprof.yaml"
     params:
@@ -67,6 +69,8 @@ rule manifest:
         ),
     log:
         f"{RESULTS}/logs/manifest.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/manifest.tsv"
     conda:
         "../envs/msgprof.yaml"
     script:
@@ -94,6 +98,8 @@ rule profiling_pdf:
         ),
     log:
         f"{RESULTS}/logs/profiling_pdf.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/profiling_pdf.tsv"
     conda:
         "../envs/msgprof.yaml"
     params:

@@ -8,6 +8,8 @@ rule calibrate:
         f"{RESULTS}/calibration.json",
     log:
         f"{RESULTS}/logs/calibrate.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/calibrate.tsv"
     priority: 100
     conda:
         "../envs/msgprof.yaml"

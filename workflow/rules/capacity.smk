@@ -28,6 +28,8 @@ rule capacity:
         f"{CAPACITY_DIR}/capacity.json",
     log:
         f"{RESULTS}/logs/capacity.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/capacity.tsv"
     conda:
         "../envs/msgprof.yaml"
     resources:

@@ -30,6 +30,8 @@ rule knee:
         f"{KNEE_DIR}/knee.json",
     log:
         f"{RESULTS}/logs/knee.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/knee.tsv"
     conda:
         "../envs/msgprof.yaml"
     resources:

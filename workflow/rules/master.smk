@@ -6,6 +6,8 @@ rule master:
         f"{RESULTS}/master/master.json",
     log:
         f"{RESULTS}/logs/master.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/master.tsv"
     conda:
         "../envs/msgprof.yaml"
     resources:

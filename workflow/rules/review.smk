@@ -26,6 +26,8 @@ if SLO["gates"]:
             ),
         log:
             f"{RESULTS}/logs/slo.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/slo.tsv"
         conda:
             "../envs/msgprof.yaml"
         params:
@@ -42,6 +44,8 @@ if SLO["gates"]:
             touch(f"{RESULTS}/logs/slo.passed"),
         log:
             f"{RESULTS}/logs/slo_gate.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/slo_gate.tsv"
         conda:
             "../envs/msgprof.yaml"
         params:
@@ -73,6 +77,8 @@ if COMPARE_TO is not None:
             json=f"{COMPARE_DIR}/compare.json",
         log:
             f"{RESULTS}/logs/compare.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/compare.tsv"
         conda:
             "../envs/msgprof.yaml"
         params:

@@ -7,6 +7,8 @@ rule point:
         f"{RESULTS}/points/{{clients}}-{{messages}}-{{rep}}{{security}}/point.json",
     log:
         f"{RESULTS}/logs/points/{{clients}}-{{messages}}-{{rep}}{{security}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/points/{{clients}}-{{messages}}-{{rep}}{{security}}.tsv"
     conda:
         "../envs/msgprof.yaml"
     resources:
@@ -23,6 +25,8 @@ rule paced_point:
         f"{RESULTS}/points/{{clients}}-{{length}}-r{{rate}}-{{rep}}{{security}}/point.json",
     log:
         f"{RESULTS}/logs/points/{{clients}}-{{length}}-r{{rate}}-{{rep}}{{security}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/points/{{clients}}-{{length}}-r{{rate}}-{{rep}}{{security}}.tsv"
     conda:
         "../envs/msgprof.yaml"
     resources:

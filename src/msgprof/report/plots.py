@@ -31,6 +31,7 @@ from msgprof.report.pages.capacity import capacity_page
 from msgprof.report.pages.clients import client_page
 from msgprof.report.pages.load import rtt_page, throughput_page
 from msgprof.report.pages.offered import offered_page
+from msgprof.report.pages.pipeline import pipeline_page
 from msgprof.report.pages.profile import flame_page, profile_page
 from msgprof.report.pages.provenance import provenance_page
 from msgprof.report.pages.resources import resource_page
@@ -84,6 +85,7 @@ def render(run_dir: Path | str, out: Path | str, figures: Path | None = None) ->
             capacity_page(report, pages)
         with pages.under("Provenance"):
             provenance_page(report, pages)
+            pipeline_page(report, pages)
 
 
 def write_report(run_dir: Path | str) -> Path:
