@@ -4,9 +4,12 @@ Pages, in order: (1) client id vs connect time and (2) client id vs median RTT, 
 the seed's design; (3) RTT quantiles vs clients; (4) throughput vs clients and the closed-loop
 check RTT ≈ clients ÷ throughput; only when the run has paced points, latency against offered
 load with the knee, and latency over time beside the server's CPU and queue bytes; (5) server
-CPU, memory, descriptors and queue bytes over time; (6) verdicts and errors per point; (7) the
-system limits of each host; (8) provenance: manifest and config. A page whose input is missing
-says so instead of failing, so a run that hit a limit still gets its report. The PDF carries no
+CPU, memory, descriptors and queue bytes over time, and with profiled points where the server's
+time goes and its flame graph; (6) verdicts and errors per point, then the service-level gates
+(slo.csv) when there are any; (7) the system limits of each host; with a capacity search, its
+page; (8) provenance: manifest and config, and the pipeline's own cost (benchmarks/). A page
+whose input is missing says so instead of failing, so a run that hit a limit still gets its
+report. Every page is also written as a PNG under figures/ (msgprof.report.figures). The PDF carries no
 creation date: the same run renders to the same bytes.
 
 The pages read what `msgprof.report.analysis` writes (analysis.csv, points.csv, resources.csv,
