@@ -9,7 +9,7 @@ connects --clients DEALERs (from 127.0.0.2, .3, ...: 10,000 per address), each s
 protocol-v1 request and reads its ACK, and the server's RSS is read again ("connected"); then
 each client sends 9 more, one at a time ("10 messages"). Per connection = growth ÷ clients.
 
-- `bare`: benchmarks/bare_server.py, a ROUTER that answers the protocol and stores nothing:
+- `bare`: examples/servers/bare_server.py, a ROUTER that answers the protocol and stores nothing:
   what libzmq itself holds per connection (pipes, engine, encoder and decoder buffers).
 - `bare+zap`: the same with a ZAP handler approving every handshake, as msgprof's gatekeeper
   does: libzmq keeps each session's pipe to the handler for the connection's whole life.
@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 
 HERE = Path(__file__).resolve().parent
+BARE_SERVER = HERE.parent / "examples" / "servers" / "bare_server.py"
 KINDS = ("bare", "bare+zap", "msgprof")
 MESSAGES = 10
 #: The client process: connects N clients, answers "connected" and "done" on stdout.
@@ -75,7 +76,7 @@ def start_server(kind: str, tmp: Path) -> tuple[subprocess.Popen, str]:
         argv = [sys.executable, "-m", "msgprof", "-q", "server", "--data-dir", str(tmp / "q"),
                 "--ready-file", str(ready)]  # fmt: skip
     else:
-        argv = [sys.executable, str(HERE / "bare_server.py"), str(ready)]
+        argv = [sys.executable, str(BARE_SERVER), "--ready", str(ready)]
         argv += ["--zap"] if kind == "bare+zap" else []
     server = subprocess.Popen(argv)
     deadline = time.monotonic() + 30

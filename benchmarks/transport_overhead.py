@@ -3,7 +3,7 @@
 
 Drives six servers with the same `msgprof client` processes, one after another, in rounds:
 
-  bare     benchmarks/bare_server.py: protocol v1 and nothing else, sharing no code with msgprof
+  bare     examples/servers/bare_server.py: protocol v1 and nothing else, sharing no code with msgprof
            (the baseline of every ratio)
   echo     a plain pyzmq ROUTER that turns each request header into an ACK
   none     `msgprof server --store none` (protocol and sequence checks, no storage)
@@ -73,6 +73,7 @@ from msgprof.experiment.lifecycle import ChildProcesses, server_argv, wait_ready
 from msgprof.experiment.summary import load_window
 
 BENCH_DIR = Path(__file__).resolve().parent
+BARE_SERVER = BENCH_DIR.parent / "examples" / "servers" / "bare_server.py"
 sys.path.insert(0, str(BENCH_DIR / "c"))
 from build import build_c_client  # noqa: E402
 
@@ -119,7 +120,7 @@ def serve_proxy(ready: Path) -> None:
 
 def _target_argv(target: str, config: PointConfig, tmp: Path, work: Path) -> list[str]:
     if target == "bare":
-        return [sys.executable, str(BENCH_DIR / "bare_server.py"), str(work / "ready")]
+        return [sys.executable, str(BARE_SERVER), "--ready", str(work / "ready")]
     if target in ("echo", "proxy"):
         return [sys.executable, __file__, f"--serve-{target}", str(work / "ready")]
     return server_argv(config, tmp / "queues", work)

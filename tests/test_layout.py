@@ -17,7 +17,7 @@ ROOMS = ("wire", "server", "store", "load", "experiment", "report")
 #: Modules at the top of the package that any room may use: settings, summary statistics,
 #: atomic file writes, process limits, rate-limited warnings. They import no room except the
 #: wire's constants.
-SHARED = ("config", "commands", "setting", "stats", "atomic", "limits", "ratelog", "histlog", "client_ids", "__init__")
+SHARED = ("config", "commands", "setting", "stats", "atomic", "limits", "ratelog", "histlog", "client_ids", "templates", "__init__")
 
 #: (room, what it must never import, why)
 FORBIDDEN = [

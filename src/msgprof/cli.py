@@ -175,7 +175,27 @@ def _build_parser() -> argparse.ArgumentParser:
         cmd = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
         cmd.add_argument("run_dir", type=Path, help="results/<run>/ made by the workflow")
     review.add_parsers(sub)
+    _add_conform(sub)
     return parser
+
+
+def _add_conform(sub: Any) -> None:
+    cmd = sub.add_parser(
+        "conform",
+        help="check that a server keeps protocol v1's rules (a pass/fail table)",
+        description="Run protocol v1's rules (docs/protocol.md) against a server: the sequence "
+        "rules, every MALFORMED kind, TOO_LARGE, UNSUPPORTED_VERSION, the headers that get no "
+        "reply, the echo of client_id, seq and t_send_ns. Prints a pass/fail table; exits 1 "
+        "when a check fails.",
+        epilog="examples:\n  msgprof conform tcp://127.0.0.1:5555\n  msgprof conform "
+        "'python examples/servers/bare_server.py --ready {ready}'",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cmd.add_argument("target", metavar="ENDPOINT_OR_COMMAND",
+                     help="tcp://HOST:PORT of a running server, or a server command template "
+                     "as --server-command takes it ({ready}, {data}, {port})")  # fmt: skip
+    cmd.add_argument("--max-payload-bytes", type=int, default=1 << 20,
+                     help="the server's largest payload. Default: %(default)s")  # fmt: skip
 
 
 _EPILOG_KNEE = """\
@@ -402,6 +422,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_conform(args: argparse.Namespace) -> int:
+    from msgprof.experiment.conform import conform, table
+
+    results = conform(args.target, args.max_payload_bytes)
+    print(table(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from msgprof.wire.security import keygen
 
@@ -426,6 +454,7 @@ _COMMANDS = {
     "calibrate": _cmd_calibrate,
     "analyze": _cmd_analyze,
     "report": _cmd_report,
+    "conform": _cmd_conform,
     **review.COMMANDS,
 }
 

@@ -66,6 +66,7 @@ _RUN_OPTIONS = (
     *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
     "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
     *setting_names(ServerOptions), "clients_per_source", "connect_rate", "client_rlimit_nofile",
+    "server_command", "verify", "verify_command",
 )  # fmt: skip
 _SERVER = (
     "data_dir", "ready_file", "bind", "max_sockets", "stats_out", "heartbeat_ms",

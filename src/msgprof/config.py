@@ -36,6 +36,7 @@ from msgprof.setting import (
     setting,
     switch,
 )
+from msgprof.templates import argv_template, server_template
 
 ACK_MODES = ("buffer", "write", "fsync")
 SYNC_METHODS = ("auto", "fdatasync", "syncfs")
@@ -49,6 +50,9 @@ MAX_IN_FLIGHT = 1000
 EVENT_LOOPS = ("auto", "epoll", "poller")
 #: Where a point's client processes run (msgprof.experiment.launch).
 LAUNCHERS = ("local", "srun")
+#: How a point checks what its server stored: auto is file for msgprof's server, none for a
+#: --server-command (msgprof.experiment.foreign).
+VERIFY_MODES = ("auto", "file", "none", "command")
 
 # --- checks -------------------------------------------------------------------------------
 
@@ -435,6 +439,33 @@ class PointConfig(LoadOptions, ServerOptions):
         help="address the server binds and the clients connect to (a wildcard is refused). "
         "Default: 127.0.0.1 with --launcher local, this node's SLURM NodeAddr with srun",
     )
+    #: A server that is not msgprof's (msgprof.experiment.foreign; docs/protocol.md).
+    server_command: str | None = setting(
+        None,
+        check=server_template,
+        metavar="'COMMAND'",
+        help="run this server instead of `msgprof server`: its command line, split as a shell "
+        "would (never run by one), with {ready} (a file it writes its endpoint to, the first "
+        "line, once it accepts connections), {data} (a directory it may use) and {port} (a "
+        "free port msgprof chooses, for a server that writes no ready file: ready once it "
+        "accepts a TCP connection). Stopped with SIGTERM, then SIGKILL",
+    )
+    verify: str = choice(
+        "auto",
+        VERIFY_MODES,
+        help="how the point checks that every acknowledged message was stored. file: read "
+        "msgprof's queue files back; none: not checked (lost is unknown, never 0); command: "
+        "run --verify-command. Default: auto, file for msgprof's server and none for "
+        "--server-command",
+    )
+    verify_command: str | None = setting(
+        None,
+        check=argv_template,
+        metavar="'COMMAND'",
+        help="with --verify command: a command line ({data}: the server's directory) run after "
+        "the server stopped, that prints one line per client, CLIENT_ID HIGHEST_STORED_SEQ; "
+        "an acknowledged message above its client's highest stored seq is lost",
+    )
     #: Where a CURVE run's keys are: set by the run (msgprof.experiment.lifecycle), not by a user.
     keys_dir: Path | None = None
 
@@ -443,6 +474,23 @@ class PointConfig(LoadOptions, ServerOptions):
         problem = self.pacing_problem(self.messages)
         if problem is not None:
             raise ValueError(problem)
+        if self.verify == "command" and self.verify_command is None:
+            raise ValueError("--verify command needs --verify-command")
+        if self.verify == "file" and self.server_command is not None:
+            raise ValueError("--verify file reads msgprof's queue files: a --server-command "
+                             "server needs --verify none or command")  # fmt: skip
+        if self.server_command is not None and self.curve:
+            raise ValueError("--curve makes keys for msgprof's server; a --server-command "
+                             "server brings its own security")  # fmt: skip
+
+    @property
+    def verification(self) -> str:
+        """file, none or command: what --verify auto means for this point's server."""
+        if self.verify != "auto":
+            return self.verify
+        if self.server_command is not None:
+            return "none"
+        return "file" if self.store == "file" else "none"
 
     @property
     def paced(self) -> bool:

@@ -28,7 +28,7 @@ import pyarrow as pa
 from msgprof import atomic
 from msgprof.commands import command_argv
 from msgprof.config import PointConfig, ServerConfig, ServerOptions, shared
-from msgprof.experiment import budget, launch, sysinfo
+from msgprof.experiment import budget, foreign, launch, sysinfo
 from msgprof.experiment.monitor import ResourceMonitor
 from msgprof.experiment.stopping import Interruption, die_with_parent
 from msgprof.experiment.verify import verify_queues
@@ -188,18 +188,37 @@ class ServerRun:
 
     def start(self) -> str | None:
         """Start the server and its monitor; the endpoint, or None if it never got ready."""
-        argv = server_argv(self.config, self.data_dir, self.work)
-        self.process = self.procs.start("server", argv, self.log_path)
-        self.endpoint = wait_ready(
-            self.work / "ready", self.process, SERVER_START_TIMEOUT_S, self.procs
-        )
+        template = self.config.server_command
+        if template is not None:
+            self.endpoint = self._start_foreign(template)
+        else:
+            argv = server_argv(self.config, self.data_dir, self.work)
+            self.process = self.procs.start("server", argv, self.log_path)
+            self.endpoint = wait_ready(
+                self.work / "ready", self.process, SERVER_START_TIMEOUT_S, self.procs
+            )
         if self.endpoint is not None:
             self.monitor = ResourceMonitor(self.process.pid, self.data_dir).start()
         return self.endpoint
 
+    def _start_foreign(self, template: str) -> str | None:
+        """--server-command: filled in, started, ready by its {ready} file or its {port}."""
+        endpoint = launch.placement(self.config).bind  # tcp://HOST:PORT
+        host = endpoint.partition("://")[2].rpartition(":")[0] or "127.0.0.1"
+        port = foreign.free_port(host)
+        ready = self.work / "ready"
+        argv = foreign.server_argv(template, ready, self.data_dir, port)
+        self.process = self.procs.start("server", argv, self.log_path)
+        if "{ready}" in template:
+            return wait_ready(ready, self.process, SERVER_START_TIMEOUT_S, self.procs)
+        up = foreign.wait_port(host, port, self.process, SERVER_START_TIMEOUT_S,
+                               lambda: self.procs.stopping)  # fmt: skip
+        return f"tcp://{host}:{port}" if up else None
+
     def snapshot(self, timeout_s: float = 30.0) -> dict[str, Any]:
-        """The running server's stats now (SIGUSR1), or {} if it does not answer in time."""
-        if self.process is None or self.process.poll() is not None:
+        """The running server's stats now (SIGUSR1), or {} if it does not answer in time (or
+        is a --server-command server, which SIGUSR1 might end)."""
+        if self.process is None or self.process.poll() is not None or self.config.server_command:
             return {}
         self._snapshots += 1
         self.process.send_signal(signal.SIGUSR1)
@@ -213,11 +232,12 @@ class ServerRun:
 
     def stop(self, problems: list[str]) -> dict[str, Any]:
         """SIGTERM, wait with a bound (then kill), stop the monitor; the final stats or {}."""
+        clean = foreign.stopped_cleanly if self.config.server_command else (lambda c: c == 0)
         if self.process is not None and self.process.poll() is None:
             code = self.procs.stop(self.process, SERVER_STOP_TIMEOUT_S)
             if code is None:
                 problems.append("server_hung")
-            elif code != 0:
+            elif not clean(code):
                 problems.append("server_failed")
         elif self.process is not None and self.process.returncode not in (0, None):
             problems.append("server_failed")
@@ -301,11 +321,19 @@ class Run:
     def verify(
         self, rtt: pa.Table | None, client_ids: range | None = None
     ) -> dict[str, Any] | None:
-        """Read the queues back against the acknowledged rows (of `client_ids`, default all);
-        None when the server stores nothing (--store none)."""
-        if self.config.store != "file":
+        """Check what the server stored against the acknowledged rows (of `client_ids`,
+        default all): its queue files read back (--verify file), a user's command (--verify
+        command), or not at all (none: the counts unknown); None when msgprof's server stores
+        nothing (--store none)."""
+        how = self.config.verification
+        if how == "file":
+            return verify_queues(self.data_dir, rtt, self.config.payload_bytes,
+                                 client_ids=client_ids)  # fmt: skip
+        if how == "command":
+            return foreign.verify_by_command(self.config.verify_command, self.data_dir, rtt)
+        if self.config.server_command is None and self.config.store != "file":
             return None
-        return verify_queues(self.data_dir, rtt, self.config.payload_bytes, client_ids=client_ids)
+        return foreign.not_verified("--verify none: the stored messages were not checked")
 
     def clean_up(self) -> None:
         """Delete the queues (unless --keep-queues) and the work dir (the run's secret keys)."""

@@ -122,11 +122,11 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
     )  # fmt: skip
     run.clean_up()
     log.info(
-        "point %d clients x %s: verdict %s, acked %d, lost %d",
+        "point %d clients x %s: verdict %s, acked %d, lost %s",
         config.clients,
         f"{config.messages} messages" if config.messages else f"{config.duration_s:g} s",
         document["verdict"],
         document["acked"],
-        document["lost"],
+        "not verified" if document["lost"] is None else document["lost"],
     )
     return document

@@ -47,7 +47,9 @@ def reasons(
             ("interrupted", "stopped by SIGTERM or SIGINT before it ended; what was measured "
                             "until then is kept and verified")
         )  # fmt: skip
-    if "server_failed" in problems or (not server and config.store == "file"):
+    # msgprof's server writes its final stats when it stops cleanly; a foreign one writes none
+    final_stats_missing = not server and config.store == "file" and config.server_command is None
+    if "server_failed" in problems or final_stats_missing:
         found.append(("server_failed", "the server did not start or did not exit cleanly"))
     if "server_hung" in problems:
         found.append(("server_hung", "the server did not stop within its bound after SIGTERM"))

@@ -107,8 +107,9 @@ KERNEL_TCP_COLUMNS = [
 ]  # fmt: skip
 #: What a connection costs the server, and what the kernel's listen queue did.
 CAPACITY_COLUMNS = ["server_rss_per_connection_kb", *KERNEL_TCP_COLUMNS]
-#: Whether py-spy sampled the server (profile.csv has its functions): never compare unknowingly.
-PROFILE_COLUMNS = ["profiled"]
+#: Whether py-spy sampled the server (profile.csv has its functions), and whether what the
+#: server stored was checked (a foreign server's may not be): never compare unknowingly.
+PROFILE_COLUMNS = ["profiled", "verified"]
 #: points.csv ends with the pace, the latency, the capacity and the profile columns (after the
 #: columns it always had).
 POINT_COLUMNS += PACE_COLUMNS + latency.POINT_COLUMNS + CAPACITY_COLUMNS + PROFILE_COLUMNS
@@ -313,6 +314,7 @@ def point_row(
     """The points.csv row of one point or step (`limits`: its limits.json; `samples`: its
     resources.parquet)."""
     rlimit = (doc.get("server", {}).get("rlimit_nofile") or {}).get("soft")
+    check = doc.get("verification") or {}
     return {
         **keys,
         "verdict": doc.get("verdict"),
@@ -335,6 +337,8 @@ def point_row(
         ),
         **{name: _number((doc.get("kernel_tcp") or {}).get(name)) for name in KERNEL_TCP_COLUMNS},
         "profiled": bool((doc.get("profile") or {}).get("profiled")),
+        # read back, or checked by a command (no `verified` key: before it, queue files read)
+        "verified": bool(check) and check.get("verified", True) is not False,
     }
 
 

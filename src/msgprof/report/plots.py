@@ -9,8 +9,8 @@ time goes and its flame graph; (6) verdicts and errors per point, then the servi
 (slo.csv) when there are any; (7) the system limits of each host; with a capacity search, its
 page; (8) provenance: manifest and config, and the pipeline's own cost (benchmarks/). A page
 whose input is missing says so instead of failing, so a run that hit a limit still gets its
-report. Every page is also written as a PNG under figures/ (msgprof.report.figures). The PDF carries no
-creation date: the same run renders to the same bytes.
+report. Every page is also written as a PNG under figures/ (msgprof.report.figures). The PDF
+carries no creation date: the same run renders to the same bytes.
 
 The pages read what `msgprof.report.analysis` writes (analysis.csv, points.csv, resources.csv,
 limits.csv, latency.csv; made first when missing) and the run's manifest.json and config.yaml.

@@ -89,7 +89,7 @@ def verdict_page(report: Report, pdf: PdfPages) -> None:
                 "\n".join(textwrap.wrap(p["verdicts"].replace(";", ", "), 20)) or "–",
                 f"{fmt(p['connected'])} / {fmt(p['clients'])}",
                 f"{fmt(p['acked'])} / {fmt(p['planned'])}",
-                fmt(p["lost"]),
+                fmt(p["lost"]) if p.get("verified", True) is not False else "not verified",
                 fmt(p["refused"]),
                 errors,
             ]
