@@ -13,6 +13,7 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/conformance.smk"
 include: "workflow/rules/sweep.smk"
 include: "workflow/rules/master.smk"
 include: "workflow/rules/calibrate.smk"

@@ -210,6 +210,34 @@ def test_the_html_report_renders_every_figure_by_category(tiny_run, tmp_path):
     assert "Service-level gates" in dom or "service level gates" in dom
 
 
+EXAMPLE_SERVER = ROOT / "examples" / "servers" / "bare_server.py"
+
+
+def test_a_sweep_against_a_server_command_checks_it_first(tmp_path):
+    """The example server: conformance first, then every point and the master case against it,
+    nothing verified (lost empty); a server that breaks a rule is refused before any point."""
+    command = [sys.executable, str(EXAMPLE_SERVER), "--ready", "{ready}"]
+    config = dict(TINY, sweep=dict(TINY["sweep"], clients=[3]), paced={"clients": []},
+                  server={"command": command})  # fmt: skip
+    (tmp_path / "good" / "config").mkdir(parents=True)
+    (tmp_path / "good" / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    done = snakemake(tmp_path / "good")
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "good" / "results" / "tiny"
+    assert "checks pass" in (run / "conformance.txt").read_text()
+    points = pd.read_csv(run / "points.csv")
+    assert set(points["verdict"]) == {"ok"} and (points["acked"] == points["planned"]).all()
+    assert points["lost"].isna().all() and not points["verified"].any()
+    breaks_a_rule = ROOT / "tests" / "tools" / "duplicate_ok_server.py"
+    bad = dict(config, server={"command": [sys.executable, str(breaks_a_rule), *command[2:]]})
+    (tmp_path / "bad" / "config").mkdir(parents=True)
+    (tmp_path / "bad" / "config" / "config.yaml").write_text(yaml.safe_dump(bad))
+    done = snakemake(tmp_path / "bad")
+    assert done.returncode != 0 and "Error in rule conformance" in done.stdout + done.stderr
+    assert "broken: duplicate" in done.stderr
+    assert not list((tmp_path / "bad" / "results" / "tiny").glob("points/*/point.json"))
+
+
 def test_curve_sweep_plans_a_curve_twin_of_every_point(tmp_path):
     (tmp_path / "config").mkdir()
     config = dict(TINY, sweep=dict(TINY["sweep"], clients=[3], curve=[False, True]))

@@ -73,6 +73,19 @@ wildcard_constraints:
 
 
 PROFILE = config["profile"]
+# The server section: settings of the point model, but `command` (the point's server_command)
+# and `conformance` (a job of the workflow: rules/conformance.smk).
+SERVER = dict(config["server"])
+CONFORMANCE = SERVER.pop("conformance")
+
+
+def as_template(value):
+    """A command template as the point model takes it: a list is joined, shell-quoted."""
+    return shlex.join(value) if isinstance(value, list) else value
+
+
+SERVER["server_command"] = as_template(SERVER.pop("command"))
+SERVER["verify_command"] = as_template(SERVER["verify_command"])
 
 
 def run_config(**fields):
@@ -83,7 +96,7 @@ def run_config(**fields):
     return PointConfig(
         payload_bytes=SWEEP["payload_bytes"],
         ack_after=SWEEP["ack_after"],
-        **config["server"],
+        **SERVER,
         **config["client"],
         **{
             "profile": PROFILE["server"],
@@ -160,6 +173,14 @@ def compare_run(name):
     """The run `compare_to` names: a run name under results/, or a path to a run directory."""
     path = Path(name)
     return path if len(path.parts) > 1 else Path("results") / name
+
+
+def conformance_check():
+    """conformance.txt, which every measured job waits for, when a server command is to be
+    checked first (server.conformance required or warn)."""
+    if SERVER["server_command"] is None or CONFORMANCE == "off":
+        return []
+    return [f"{RESULTS}/conformance.txt"]
 
 
 def slo_table():

@@ -2,6 +2,8 @@
 
 
 rule master:
+    input:
+        conformance_check(),
     output:
         f"{RESULTS}/master/master.json",
     log:

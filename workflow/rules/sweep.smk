@@ -3,6 +3,8 @@
 
 
 rule point:
+    input:
+        conformance_check(),
     output:
         f"{RESULTS}/points/{{clients}}-{{messages}}-{{rep}}{{security}}/point.json",
     log:
@@ -21,6 +23,8 @@ rule point:
 
 # A paced point (open loop): its name carries the rate, and the length in messages or seconds.
 rule paced_point:
+    input:
+        conformance_check(),
     output:
         f"{RESULTS}/points/{{clients}}-{{length}}-r{{rate}}-{{rep}}{{security}}/point.json",
     log:
