@@ -40,6 +40,7 @@ def test_a_point_against_the_example_server_is_ok_and_not_verified(tmp_path) -> 
     assert doc["verdict"] == "ok" and doc["acked"] == 1000
     assert doc["lost"] is None and doc["duplicates_stored"] is None
     assert doc["verification"]["verified"] is False
+    assert doc["verification"]["reason"].startswith("not verified")
     assert doc["parameters"]["server_command"] == BY_FILE
     assert "lost not verified" in done.stderr
     # the tables and the report say so: lost empty, never 0

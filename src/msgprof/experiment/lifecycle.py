@@ -333,7 +333,8 @@ class Run:
             return foreign.verify_by_command(self.config.verify_command, self.data_dir, rtt)
         if self.config.server_command is None and self.config.store != "file":
             return None
-        return foreign.not_verified("--verify none: the stored messages were not checked")
+        return foreign.not_verified("not verified (--verify none): msgprof reads back only its "
+                                    "own queue files; --verify command checks another's")
 
     def clean_up(self) -> None:
         """Delete the queues (unless --keep-queues) and the work dir (the run's secret keys)."""
