@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 from pypdf import PdfReader
 
 from msgprof.config import PointConfig
 from msgprof.experiment import conform
 from msgprof.experiment.master import run_master
+from msgprof.experiment.monitor import ResourceMonitor
 from msgprof.experiment.point import run_point
 from msgprof.report import analysis, plots
 
@@ -113,3 +116,26 @@ def test_conform_fails_a_server_that_acknowledges_a_duplicate_as_stored() -> Non
 def test_conform_says_what_is_wrong_with_a_target() -> None:
     done = msgprof("conform", "not-a-server")
     assert done.returncode == 2 and "no endpoint (tcp://HOST:PORT)" in done.stderr
+
+
+def test_a_foreign_servers_resources_include_its_children(tmp_path) -> None:
+    """A server that runs its work in a child process (a wrapper, forked workers): the
+    monitor sums the family, so the child's 64 MB show."""
+    code = ("import subprocess, sys, time; child = subprocess.Popen([sys.executable, '-c', "
+            "'import time; block = bytearray(64 << 20); time.sleep(20)']); time.sleep(20)")
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(1.5)  # the child has its memory
+        alone = ResourceMonitor(parent.pid, None)
+        family = ResourceMonitor(parent.pid, None, children=True)
+        for monitor in (alone, family):
+            monitor._sample()
+        rss_alone = alone.table()["rss_bytes"][0].as_py()
+        rss_family = family.table()["rss_bytes"][0].as_py()
+        assert rss_family - rss_alone > 60 << 20
+        assert family.table()["threads"][0].as_py() >= 2
+    finally:
+        for proc in psutil.Process(parent.pid).children(recursive=True):
+            proc.kill()
+        parent.kill()
+        parent.wait()

@@ -198,7 +198,9 @@ class ServerRun:
                 self.work / "ready", self.process, SERVER_START_TIMEOUT_S, self.procs
             )
         if self.endpoint is not None:
-            self.monitor = ResourceMonitor(self.process.pid, self.data_dir).start()
+            family = self.config.server_command is not None  # its children too
+            self.monitor = ResourceMonitor(self.process.pid, self.data_dir, children=family)
+            self.monitor.start()
         return self.endpoint
 
     def _start_foreign(self, template: str) -> str | None:

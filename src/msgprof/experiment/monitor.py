@@ -53,10 +53,15 @@ def queue_usage(root: Path) -> tuple[int, int]:
 
 
 class ResourceMonitor:
-    """Sample process `pid` every `interval_s` until `stop()`; `table()` gives the samples."""
+    """Sample process `pid` every `interval_s` until `stop()`; `table()` gives the samples.
+    With `children`, each sample is the sum over the process and its descendants (a server
+    started by a wrapper script or that forks workers: --server-command)."""
 
-    def __init__(self, pid: int, data_dir: Path | None, interval_s: float = 0.25) -> None:
+    def __init__(self, pid: int, data_dir: Path | None, interval_s: float = 0.25,
+                 children: bool = False) -> None:  # fmt: skip
         self.process = psutil.Process(pid)
+        self.children = children
+        self._known: dict[int, psutil.Process] = {}  # keeps each child's cpu_percent state
         self.data_dir = data_dir
         self.interval_s = interval_s
         self.rows: dict[str, list[Any]] = {name: [] for name in COLUMNS}
@@ -99,13 +104,13 @@ class ResourceMonitor:
             self._next_scan = now + max(self.interval_s, 10 * self._scan_cost_s)
         return self._last_scan
 
-    def _sample(self) -> None:
-        p = self.process
+    @staticmethod
+    def _numbers(p: psutil.Process) -> dict[str, float]:
         with p.oneshot():
             cpu = p.cpu_times()
             mem = p.memory_info()
             ctx = p.num_ctx_switches()
-            row = {
+            return {
                 "cpu_user_s": cpu.user,
                 "cpu_system_s": cpu.system,
                 "cpu_percent": p.cpu_percent(None),
@@ -115,6 +120,23 @@ class ResourceMonitor:
                 "ctx_voluntary": ctx.voluntary,
                 "ctx_involuntary": ctx.involuntary,
             }
+
+    def _descendants(self) -> list[psutil.Process]:
+        try:
+            found = self.process.children(recursive=True)
+        except psutil.Error:
+            return []
+        return [self._known.setdefault(child.pid, child) for child in found]
+
+    def _sample(self) -> None:
+        row = self._numbers(self.process)  # the process itself gone: the sampling ends
+        if self.children:
+            for child in self._descendants():
+                try:
+                    extra = self._numbers(child)
+                except psutil.Error:  # ended between listing and reading
+                    continue
+                row = {name: row[name] + extra[name] for name in row}
         if not row["rss_bytes"]:
             return  # the process is exiting: its memory and descriptors are already gone
         now = time.monotonic()
