@@ -99,6 +99,16 @@ class Settings:
     #: Bound on each client process.
     client_deadline_s: float = 300.0
     seed: int = 1
+    #: The server's --sync-method (benchmarks/powerloss_cycles.py runs each).
+    sync_method: str = "auto"
+    #: A kill may lose acknowledged messages (write mode under power loss), as in buffer mode:
+    #: a new client process per cycle (one that lost some stops at its resend), the loss
+    #: measured per kill and not a failure.
+    may_lose: bool = False
+
+    @property
+    def loss_allowed(self) -> bool:
+        return self.mode == "buffer" or self.may_lose
 
 
 @dataclass
@@ -153,6 +163,7 @@ class CrashServer(ServerRun):
             messages=settings.messages,
             ack_after=settings.mode,
             flush_interval_ms=settings.flush_interval_ms,
+            sync_method=settings.sync_method,
         )
         super().__init__(config, data_dir, work, work / "server-1.log", procs)
         self.starts = 0
@@ -356,17 +367,21 @@ def _await_kill_moment(settings: Settings, clients: ClientRun, data_dir: Path, e
             clients.running, rng.uniform(*settings.kill_after)
         ):
             break
-        if settings.mode == "buffer":
+        if settings.loss_allowed:
             break
         ids = clients.start(endpoint)
     return ids
 
 
-def _kill_and_restart(server: CrashServer, clients: ClientRun, ids: tuple[int, int]) -> Kill:
-    """SIGKILL the server, start it again on the same endpoint; the cycle as a Kill."""
+def _kill_and_restart(server: CrashServer, clients: ClientRun, ids: tuple[int, int],
+                      after_kill=None) -> Kill:  # fmt: skip
+    """SIGKILL the server, `after_kill()` (a power cut: the disk forgets), start it again on
+    the same endpoint; the cycle as a Kill."""
     under_load = clients.running()
     t_ready = server.t_ready_ns
     t_kill = server.kill()
+    if after_kill is not None:
+        after_kill()
     t0 = time.monotonic()
     server.start()
     return Kill(t_kill, t_ready, under_load, restart_s=time.monotonic() - t0,
@@ -374,16 +389,16 @@ def _kill_and_restart(server: CrashServer, clients: ClientRun, ids: tuple[int, i
 
 
 def _run_cycles(settings: Settings, server: CrashServer, clients: ClientRun, data_dir: Path,
-                result: ModeResult, progress) -> None:  # fmt: skip
+                result: ModeResult, progress, after_kill=None) -> None:  # fmt: skip
     """Start the server and kill/restart it `settings.cycles` times under the clients' load."""
     rng = random.Random(f"{settings.seed}-{settings.mode}")
-    per_cycle_clients = settings.mode == "buffer"
+    per_cycle_clients = settings.loss_allowed
     endpoint = server.start()
     for cycle in range(settings.cycles):
         if per_cycle_clients or not clients.running():
             ids = clients.start(endpoint)
         ids = _await_kill_moment(settings, clients, data_dir, endpoint, ids, rng)
-        kill = _kill_and_restart(server, clients, ids)
+        kill = _kill_and_restart(server, clients, ids, after_kill)
         result.kills.append(kill)
         if per_cycle_clients:  # a client that lost data stops at once, the others run on
             _sleep_while(clients.running, settings.run_on_s)
@@ -408,18 +423,21 @@ def _measure_kills(kills: list[Kill], data_dir: Path, rtt: pa.Table, per_kill_lo
             kill.oldest_lost_ms = max(ages) if ages else None
 
 
-def run_mode(settings: Settings, root: Path, progress=print) -> ModeResult:
-    """All cycles of one mode in `root` (a fresh directory); every child is stopped on return."""
+def run_mode(settings: Settings, root: Path, progress=print, data_dir: Path | None = None,
+             after_kill=None) -> ModeResult:  # fmt: skip
+    """All cycles of one mode in `root` (a fresh directory); every child is stopped on return.
+    The queues go to `data_dir` (default root/MODE/queues); `after_kill()` runs between each
+    kill and the restart."""
     result = ModeResult(settings)
     work = root / settings.mode
     work.mkdir(parents=True)
-    data_dir = work / "queues"
+    data_dir = data_dir or work / "queues"
     procs = ChildProcesses()
     server = CrashServer(settings, data_dir, work, procs)
     clients = ClientRun(settings, work, procs)
     started = time.monotonic()
     try:
-        _run_cycles(settings, server, clients, data_dir, result, progress)
+        _run_cycles(settings, server, clients, data_dir, result, progress, after_kill)
         _sleep_while(clients.running, settings.run_on_s)
         clients.stop(result.problems)
         server.stop(result.problems)
@@ -430,7 +448,7 @@ def run_mode(settings: Settings, root: Path, progress=print) -> ModeResult:
     result.client_docs = clients.docs()
     result.check = verify_queues(data_dir, rtt, settings.payload_bytes)
     if rtt is not None:
-        _measure_kills(result.kills, data_dir, rtt, per_kill_loss=settings.mode == "buffer")
+        _measure_kills(result.kills, data_dir, rtt, per_kill_loss=settings.loss_allowed)
     return result
 
 

@@ -13,7 +13,7 @@ def failures(result: ModeResult) -> list[str]:
     """What makes a mode's run fail: the guarantees of docs/reliability.md."""
     out = list(result.problems)
     check = result.check
-    if result.settings.mode != "buffer" and check.get("lost"):
+    if not result.settings.loss_allowed and check.get("lost"):
         out.append(f"{check['lost']} acknowledged messages lost")
     if check.get("duplicates_stored"):
         out.append(f"{check['duplicates_stored']} records stored twice")
@@ -25,7 +25,7 @@ def failures(result: ModeResult) -> list[str]:
     clients = result.settings.clients * len(result.client_docs)
     if errors.get("TIMEOUT", 0) <= clients:
         errors.pop("TIMEOUT", None)
-    if result.settings.mode != "buffer" and errors:
+    if not result.settings.loss_allowed and errors:
         out.append(f"client errors {errors}")
     return out
 

@@ -47,7 +47,7 @@ class Pages:
         self.count += 1
         if self.figures is None:
             return
-        title = fig._suptitle.get_text() if fig._suptitle is not None else "page"
+        title = getattr(fig, "page_name", None) or "page"
         path = self.figures / self.category / f"{self.count:02d}-{slug(title)}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, format="png", dpi=PNG_DPI)

@@ -86,9 +86,12 @@ class Report:
             bar = fig.colorbar(mappable, ax=axes, pad=0.01, aspect=40)
         bar.set_label("clients in the point (colour)")
 
-    def new_page(self, title: str, subtitle: str = "") -> Figure:
+    def new_page(self, title: str, subtitle: str = "", name: str | None = None) -> Figure:
+        """A page with its title; `name` (default the title) names its figure file, for a
+        title that holds what the data chose (figures/ must hold the same names each run)."""
         fig = Figure(figsize=PAGE_SIZE)
         FigureCanvasAgg(fig)
+        fig.page_name = name or title  # type: ignore[attr-defined]
         self.page += 1
         fig.suptitle(title, fontweight="bold", y=0.985)
         if subtitle:

@@ -89,6 +89,7 @@ def flame_page(report: Report, pdf: PdfPages) -> None:
         "its share of the samples, the functions it called stacked on it (callers below); "
         "boxes under 0.2 % are left out. profile/server.svg and server.speedscope.json in the "
         "point's directory hold the same samples.",
+        name="The server's flame graph",
     )
     ax = fig.add_axes((0.02, 0.05, 0.96, 0.8))
     samples = draw_flamegraph(ax, flame_stacks(flame))
