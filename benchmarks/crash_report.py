@@ -51,8 +51,9 @@ def summary_table(results: list[ModeResult], markdown: bool) -> str:
     rows = []
     for r in results:
         check = r.check
+        method = r.settings.sync_method
         rows.append([
-            r.settings.mode,
+            r.settings.mode if method == "auto" else f"{r.settings.mode}/{method}",
             str(len(r.kills)),
             str(sum(k.under_load and k.acks_in_life > 0 for k in r.kills)),
             "/".join(str(v) for v in _min_median([k.acks_in_life for k in r.kills])),

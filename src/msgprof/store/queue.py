@@ -35,7 +35,7 @@ from msgprof.store.recovery import (
     remove_log,
 )
 from msgprof.store.segment import LOCK_NAME, SEGMENT_HEADER_SIZE
-from msgprof.store.sync import SyncfsSetup, open_syncfs
+from msgprof.store.sync import SyncfsSetup, make_dir, open_syncfs
 from msgprof.store.writer import SegmentWriter
 
 
@@ -62,7 +62,7 @@ def _check_options(
 
 def _lock_root(root: Path) -> int:
     """Take the root's exclusive lock (one writing store per directory); its descriptor."""
-    root.mkdir(parents=True, exist_ok=True)
+    make_dir(root)
     fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

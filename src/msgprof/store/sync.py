@@ -151,3 +151,19 @@ def fsync_dir(path: Path | str, files: Files = PLAIN) -> None:
         os.fsync(fd)
     finally:
         files.close(fd)
+
+
+def make_dir(path: Path | str, files: Files = PLAIN) -> None:
+    """Create directory `path` and any missing parent, each new entry made durable (its
+    parent fsynced): a store created on a fresh path keeps its root across a power cut."""
+    path = Path(path)
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile (by another process): its maker syncs it
+        fsync_dir(directory.parent, files)

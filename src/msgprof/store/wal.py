@@ -45,6 +45,7 @@ from msgprof.store.segment import (
     sealed,
     write_all,
 )
+from msgprof.store.sync import make_dir
 
 WAL_MAGIC = b"MPWL"
 WAL_VERSION = 1
@@ -205,7 +206,7 @@ class WriteAheadLog:
     def __init__(self, directory: Path, files: Files = PLAIN) -> None:
         self.dir = Path(directory)
         self._files = files
-        self.dir.mkdir(exist_ok=True)
+        make_dir(self.dir, files)
         existing = wal_files(self.dir)
         self._number = existing[-1][0] if existing else 0
         self._fd = -1
