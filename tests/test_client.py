@@ -538,3 +538,27 @@ def test_plan_capacity_keep_monitors() -> None:
     with pytest.raises(CapacityError, match="3 per client"):
         plan_capacity(1000, 32, 2000, open_fds=10, rlimit=(20000, 20000), socket_limit=65535,
                       keep_monitors=True)  # fmt: skip
+
+
+def test_clients_go_on_with_an_earlier_processs_sequences(tmp_path: Path) -> None:
+    """--first-seq: a client process that reconnects the same ids goes on where the last one
+    stopped (closed loop, then paced); a gap is the server's OUT_OF_ORDER."""
+    from conftest import running_server
+
+    from msgprof.store.reader import QueueReader
+
+    with running_server(tmp_path / "q") as server:
+        endpoint = server.endpoint
+        for k, (first, extra) in enumerate([(1, {}), (6, {}), (11, {"rate": 50.0})]):
+            config = ClientConfig(endpoint, [1, 2], 5, first_seq=first, **extra)
+            summary = run_clients(config, tmp_path / f"c{k}")
+            assert summary["acked"] == 10 and not any(summary["errors"].values()), summary
+            rtt = pq.read_table(tmp_path / f"c{k}" / "rtt.parquet").to_pandas()
+            assert sorted(set(rtt["seq"])) == list(range(first, first + 5))
+        gap = run_clients(ClientConfig(endpoint, [1], 5, first_seq=20), tmp_path / "gap")
+        assert gap["errors"].get("OUT_OF_ORDER") == 1
+    reader = QueueReader(tmp_path / "q")
+    for cid in (1, 2):
+        records = list(reader.records(cid, after_seq=0))
+        assert [r.seq for r in records] == list(range(1, 16))
+        assert all(r.payload == payload_for(cid, r.seq, 64) for r in records)

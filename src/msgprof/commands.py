@@ -74,7 +74,7 @@ _SERVER = (
 )  # fmt: skip
 _CLIENT = (
     "endpoint", "client_ids", "messages", *setting_names(LoadOptions), "connect_window",
-    "event_loop", "max_sockets", "resend", "start_barrier", "echo", "curve_secret",
+    "event_loop", "max_sockets", "resend", "first_seq", "start_barrier", "echo", "curve_secret",
     "curve_server_key", "out",
 )  # fmt: skip
 COMMANDS = {

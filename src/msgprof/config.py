@@ -327,6 +327,11 @@ class ClientConfig(LoadOptions):
         "(OK or DUPLICATE) or --deadline-s passes; for crash-recovery runs. Default: a timeout "
         "stops the client",
     )
+    first_seq: int = positive_int(
+        1,
+        help="seq of each client's first message: clients that go on with the sequences of an "
+        "earlier process (the server answers OUT_OF_ORDER to a gap). Default: %(default)s",
+    )
     start_barrier: Path | None = path(
         help="with --start all_connected: a directory the client processes of one point share; "
         "each sends once all (the number in DIR/parties) have connected, or after "

@@ -83,12 +83,9 @@ class Loop:
         self.last_seq = [0] * n  # last seq sent
         self.inflight = [0] * n  # seq awaiting its reply, 0 if none
         self.t_send = [0] * n
-        self.connected = [False] * n
-        self.done = [False] * n
-        self.t_connect = [-1] * n
-        self.connect_ns = [-1] * n
-        self.first_ack_ns = [-1] * n
-        self.t_end = [-1] * n
+        self.connected, self.done = [False] * n, [False] * n
+        self.t_connect, self.connect_ns = [-1] * n, [-1] * n
+        self.first_ack_ns, self.t_end = [-1] * n, [-1] * n
         self.rows = Rows()
         # Deadlines are always now + a constant when pushed, so FIFOs stay sorted.
         self.msg_deadlines: deque[tuple[int, int, int]] = deque()  # (deadline, index, seq)
@@ -96,6 +93,7 @@ class Loop:
         self.in_window = [False] * n  # counted in `connecting` (monitor open, no handshake yet)
         # Resend mode: the monitor stays open; a handshake after the first is a reconnect.
         self.resend_mode = config.resend
+        self.seq_base = config.first_seq - 1  # seqs count from 1 here, from first_seq on the wire
         self.handshakes = [0] * n
         self.linked = [False] * n  # a connection is up, as far as the monitor has told
         self.resends = [0] * n
@@ -294,7 +292,7 @@ class Loop:
         """Send the next seq of client `i`."""
         seq = self.last_seq[i] + 1
         # the payload is built before the clock starts: RTT times the round trip, not our encoding
-        payload = payload_for(self.ids[i], seq, self.config.payload_bytes)
+        payload = payload_for(self.ids[i], seq + self.seq_base, self.config.payload_bytes)
         t = time.perf_counter_ns()
         if not self.transmit(i, seq, t, payload) and not self.resend_mode:
             if not self.connected[i]:
@@ -317,12 +315,12 @@ class Loop:
         """Queue DATA `seq` of client `i` on its DEALER; False if the pipe is full, or died
         between the two frames (libzmq then drops the message: a refused handshake ends the
         connection's pipe at any moment)."""
-        cid = self.ids[i]
+        cid, wire = self.ids[i], seq + self.seq_base
         sock = self.socks[i]
         try:
-            sock.send(encode_data(cid, seq, t_send), _SNDMORE_NOBLOCK)
+            sock.send(encode_data(cid, wire, t_send), _SNDMORE_NOBLOCK)
             if payload is None:
-                payload = payload_for(cid, seq, self.config.payload_bytes)
+                payload = payload_for(cid, wire, self.config.payload_bytes)
             sock.send(payload, _NOBLOCK)
         except zmq.Again:
             return False
@@ -367,8 +365,9 @@ class Loop:
         except ValueError:
             code = INVALID_ACK
         else:
-            if ack.client_id != self.ids[i] or ack.seq != seq:
-                if self.resend_mode and ack.client_id == self.ids[i] and ack.seq < seq:
+            wire = seq + self.seq_base
+            if ack.client_id != self.ids[i] or ack.seq != wire:
+                if self.resend_mode and ack.client_id == self.ids[i] and ack.seq < wire:
                     # The answer to an earlier copy of a message already settled.
                     self.stale_replies += 1
                     return

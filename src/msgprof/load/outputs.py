@@ -82,7 +82,7 @@ def write_outputs(
     busiest_thread_cpu_s). Each file is written to a temporary name and renamed, so a reader
     that finds client.json finds the other two complete.
     """
-    rec = _recorded(loop.rows)
+    rec = _recorded(loop.rows, loop.seq_base)
     counts = _counts(rec, loop.n)
     ids = np.asarray(loop.ids, dtype=np.uint32)
     sched = schedule(
@@ -106,12 +106,13 @@ def write_outputs(
     return summary
 
 
-def _recorded(rows: Rows) -> _Recorded:
+def _recorded(rows: Rows, seq_base: int = 0) -> _Recorded:
+    """The loop's rows as arrays, each seq as on the wire (the loop counts from 1)."""
     intended = getattr(rows, "intended", None)
     window_wait = getattr(rows, "window_wait", None)
     return _Recorded(
         index=np.frombuffer(rows.index, dtype=np.uint32).astype(np.intp),
-        seq=np.frombuffer(rows.seq, dtype=np.uint64),
+        seq=np.frombuffer(rows.seq, dtype=np.uint64) + np.uint64(seq_base),
         t_send=np.frombuffer(rows.t_send, dtype=np.int64),
         rtt=np.frombuffer(rows.rtt, dtype=np.int64),
         code=np.frombuffer(rows.code, dtype=np.int8),

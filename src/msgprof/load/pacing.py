@@ -154,7 +154,7 @@ class PacedLoop(Loop):
     def send_due(self, i: int, intended: int, on_reply: bool) -> None:
         """Send the next seq of client `i`, intended at `intended`, and advance its schedule."""
         seq = self.last_seq[i] + 1
-        payload = payload_for(self.ids[i], seq, self.config.payload_bytes)
+        payload = payload_for(self.ids[i], seq + self.seq_base, self.config.payload_bytes)
         t = time.perf_counter_ns()
         if not self.transmit(i, seq, t, payload):
             # The pipe died (a refused or lost connection): nothing more can be sent.
@@ -220,7 +220,7 @@ class PacedLoop(Loop):
         except ValueError:
             code = INVALID_ACK
         else:
-            ok = ack.client_id == self.ids[i] and ack.seq == head[0]
+            ok = ack.client_id == self.ids[i] and ack.seq == head[0] + self.seq_base
             code = ack.status if ok else MISMATCH
         self.record(i, head, code, t - head[2], t)
         if code > DUPLICATE:
