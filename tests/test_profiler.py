@@ -202,3 +202,23 @@ def test_the_flame_graph_is_of_the_largest_profiled_point(tmp_path: Path) -> Non
         keys = {"point": name, "phase": phase, "clients": clients, "messages": messages}
         flame.offer(keys, tmp_path / name)
     assert [row["point"] for row in flame.rows] == ["2000-20-1"]  # a sweep point first
+
+
+@pytest.mark.skipif(profiler.py_spy() is None, reason="py-spy is not installed")
+@pytest.mark.skipif(os.geteuid() != 0, reason="py-spy attaches to another process as root")
+def test_each_master_step_gets_its_own_profile(tmp_path: Path) -> None:
+    from msgprof.experiment.master import run_master
+
+    config = PointConfig(clients=10, messages=200, profile=True, profile_rate_hz=200)
+    doc = run_master(config, [(10, 200), (50, 200)], tmp_path / "run" / "master")
+    assert doc["verdict"] == "ok"
+    steps = sorted((tmp_path / "run" / "master").glob("0*-*"))
+    assert len(steps) == 4
+    for step in steps:
+        point = json.loads((step / "point.json").read_text())
+        assert point["profile"]["rate_hz"] == 200 and point["profile"]["reason"] in (
+            None, "py-spy recorded no sample")  # fmt: skip
+        assert (step / "profile" / "top.csv").is_file()
+    table = analysis.read_tables(tmp_path / "run").profile
+    assert set(table["phase"]) <= {"ramp_up", "ramp_down"} and table["step"].notna().all()
+    assert "Server._serve_burst" in set(table["function"])

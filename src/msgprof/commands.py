@@ -58,10 +58,10 @@ class Command:
 
 
 _PACING = ("rate", "arrivals", "max_in_flight", "warmup_s")
-#: A point's server may be sampled (msgprof.experiment.profiler); the master case's is not.
-POINT_PROFILE = (
-    "profile", "profile_clients", "profile_rate_hz", "profile_native", "profile_threads",
-)  # fmt: skip
+#: A run's server may be sampled (msgprof.experiment.profiler): a point's for the whole point,
+#: the master case's step by step; a point's client processes too.
+SERVER_PROFILE = ("profile", "profile_rate_hz", "profile_native", "profile_threads")
+POINT_PROFILE = (*SERVER_PROFILE, "profile_clients")
 _RUN_OPTIONS = (
     *_PACING, "payload_bytes", "processes", "timeout_s", "connect_timeout_s", "deadline_s",
     "data_dir", "start", "keep_queues", "strict", "curve", "out", "launcher", "bind",
@@ -84,7 +84,7 @@ COMMANDS = {
         PointConfig,
         ("clients", "messages", "duration_s", "first_client_id", *_RUN_OPTIONS, *POINT_PROFILE),
     ),
-    "master": Command(PointConfig, ("steps", *_RUN_OPTIONS)),
+    "master": Command(PointConfig, ("steps", *_RUN_OPTIONS, *SERVER_PROFILE)),
 }
 
 

@@ -25,6 +25,7 @@ from msgprof.config import PointConfig
 from msgprof.experiment import netstat
 from msgprof.experiment.clients import Load, run_load
 from msgprof.experiment.lifecycle import Run
+from msgprof.experiment.point import start_profiler
 from msgprof.experiment.progress import Progress
 from msgprof.experiment.summary import write_point
 
@@ -162,10 +163,12 @@ def _run_step(
     monitor = run.server.monitor
     t_from = monitor.elapsed() if monitor else 0.0
     counters = netstat.read_counters()
+    profiler = start_profiler(config, run, step_dir)  # the server's samples of this step alone
     t0 = time.monotonic()
     with Progress(step_work, config.clients, monitor):
         load = run_load(config, endpoint, step_work, step_dir, run.procs, step_problems)
     wall = time.monotonic() - t0
+    profile = {"profiled": False, "reason": "off"} if profiler is None else profiler.stop()
     tcp = netstat.deltas(counters, netstat.read_counters())
     if run.procs.stopping:
         step_problems.insert(0, "interrupted")
@@ -174,7 +177,7 @@ def _run_step(
     return {**step, "config": config, "load": load, "problems": step_problems,
             "server": stats_delta(previous, snapshot), "snapshot": snapshot,
             "window": (t_from, t_to), "wall_s": wall, "started": time.time() - wall,
-            "kernel_tcp": tcp}  # fmt: skip
+            "kernel_tcp": tcp, "profile": profile}  # fmt: skip
 
 
 def _record_step(run: Run, step: dict[str, Any], resources: pa.Table | None) -> dict[str, Any]:
@@ -195,7 +198,8 @@ def _record_step(run: Run, step: dict[str, Any], resources: pa.Table | None) -> 
         step["problems"] + run.problems,
         {"clients_wall_s": step["wall_s"]},
         step["started"],
-        extra={"phase": step["phase"], "step": step["step"], "kernel_tcp": step["kernel_tcp"]},
+        extra={"phase": step["phase"], "step": step["step"], "kernel_tcp": step["kernel_tcp"],
+               "profile": step["profile"]},  # fmt: skip
     )
     shutil.rmtree(step_dir / "work", ignore_errors=True)
     return {k: document[k] for k in ("verdict", "clients", "messages", "acked", "lost")} | {

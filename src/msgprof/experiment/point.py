@@ -25,13 +25,14 @@ from msgprof.experiment.summary import write_point
 log = logging.getLogger("msgprof.point")
 
 
-def start_profiler(config: PointConfig, run: Run) -> Profiler | None:
-    """py-spy on the server with --profile (None without); one that cannot start says why in
-    the log and in point.json, and the point measures on."""
+def start_profiler(config: PointConfig, run: Run, out_dir: Path) -> Profiler | None:
+    """py-spy on the run's server into `out_dir`/profile with --profile (None without): for
+    a point, or for one step of the master case. One that cannot start says why in the log
+    and in point.json, and the point measures on."""
     if not config.profile or run.server.process is None:
         return None
     profiler = Profiler(
-        run.out_dir / "profile", config.profile_rate_hz, config.profile_native,
+        out_dir / "profile", config.profile_rate_hz, config.profile_native,
         config.profile_threads,
     )  # fmt: skip
     if not profiler.start(run.server.process.pid, run.procs.start):
@@ -90,7 +91,7 @@ def run_point(config: PointConfig, out_dir: Path) -> dict[str, Any]:
             run.problems.append("server_failed")
         else:
             log.info("server ready at %s (%.2f s)", endpoint, timings["server_start_s"])
-            profiler = start_profiler(config, run)
+            profiler = start_profiler(config, run, run.out_dir)
             t1 = time.monotonic()
             with Progress(run.work, config.clients, run.server.monitor):
                 load = run_load(config, endpoint, run.work, run.out_dir, run.procs, run.problems)
