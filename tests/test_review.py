@@ -189,7 +189,8 @@ def test_runs_lists_every_run_and_says_which_are_incomplete(tmp_path, capsys) ->
     table = pd.read_csv(results / "index.csv").set_index("run")
     assert set(table.index) == {"good", "reference", "half", "broken"}
     assert table.loc["reference", "status"] == "complete"
-    assert table.loc["reference", "commit"] == "214768e79055"
+    commit = json.loads((REFERENCE / "manifest.json").read_text())["git"]["commit"]
+    assert table.loc["reference", "commit"] == commit[:12]
     assert table.loc["reference", "points"] == 23 and table.loc["reference", "master_steps"] == 8
     assert table.loc["good", "most_clients_ok"] == 100
     assert table.loc["half", "status"] == "incomplete: no manifest.json; no points.csv"
