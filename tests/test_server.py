@@ -275,3 +275,25 @@ def test_below_its_budget_no_handshake_asks_the_gatekeeper(tmp_path, zctx):
         "listening_at": None,
     }
     assert connections["admitted"] == 5 and connections["peak_admitted"] == 5
+
+
+def test_service_times_keep_the_last_samples_in_bounded_memory() -> None:
+    """A ring: every sample until it is full, then the last `size`; `since(mark)` the samples
+    recorded after a snapshot (a master step's), in any order of bursts and sizes."""
+    import random
+
+    from msgprof.server.samples import ServiceTimes
+
+    rng = random.Random(5)
+    for size in (1, 7, 100):
+        times, every = ServiceTimes(size), []
+        for _ in range(300):
+            burst = [rng.randrange(10**6) for _ in range(rng.randrange(0, 2 * size + 3))]
+            mark = times.count
+            times.extend(burst)
+            every += burst
+            assert times.count == len(every) and len(times.all()) == min(size, len(every))
+            assert sorted(times.all()) == sorted(every[-size:])
+            assert sorted(times.since(mark)) == sorted(burst[-size:])
+            earlier = rng.randrange(times.count + 1)
+            assert sorted(times.since(earlier)) == sorted(every[earlier:][-size:])

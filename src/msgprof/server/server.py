@@ -35,6 +35,7 @@ from msgprof.server.admission import (
 )
 from msgprof.server.listener import Listener, listen
 from msgprof.server.nullstore import NullStore
+from msgprof.server.samples import ServiceTimes
 from msgprof.stats import quantiles
 from msgprof.store.descriptors import DescriptorReserve, store_descriptors
 from msgprof.store.errors import StorageFull, StoreError
@@ -52,8 +53,6 @@ IDLE_POLL_MS = 100
 PEER_HWM = 1000
 #: Socket-monitor events queued for the gatekeeper's thread (about 100 bytes each).
 MONITOR_HWM = 100_000
-#: Service-time samples kept for quantiles (8 bytes each); later messages are counted only.
-MAX_SERVICE_SAMPLES = 20_000_000
 
 _STATUS_NAMES = {int(s): s.name for s in Status}
 # Plain ints: the per-message path compares and stores statuses without enum lookups.
@@ -96,7 +95,7 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config  # checked when it was made
         self.counters = Counters()
-        self._service_ns = array.array("q")
+        self._service_ns = ServiceTimes()
         self._stopping = False
         self._snapshots_wanted = 0
         self._snapshots_written = 0
@@ -379,9 +378,7 @@ class Server:
             by_status[_STATUS_NAMES[status]] += count
         counters.stored += stored
         t_done = time.perf_counter_ns()
-        samples = self._service_ns
-        if len(samples) < MAX_SERVICE_SAMPLES:
-            samples.extend([t_done - r[3] for r in replies])
+        self._service_ns.extend([t_done - r[3] for r in replies])
 
     def _write_snapshot(self) -> None:
         """Stats while running (`"final": false`), numbered so a reader can wait for its own."""
@@ -396,7 +393,7 @@ class Server:
         except OSError as exc:  # no descriptor free for it in a storm: serving goes on
             self._snapshot_warning("cannot write the stats snapshot: %s", exc)
             return
-        self._samples_at_snapshot = len(self._service_ns)
+        self._samples_at_snapshot = self._service_ns.count
 
     # -- shutdown ------------------------------------------------------------------------------
 
@@ -462,8 +459,10 @@ class Server:
             "refused_unknown_key": self.gatekeeper.refused_key,
             "bursts": c.bursts,
             "peak_burst": c.peak_burst,
-            "service_ns": _quantiles(self._service_ns),
-            "service_ns_since_snapshot": _quantiles(self._service_ns[self._samples_at_snapshot :]),
+            "service_ns": _quantiles(self._service_ns.all()),
+            "service_ns_since_snapshot": _quantiles(
+                self._service_ns.since(self._samples_at_snapshot)
+            ),
             "open_fds_at_stop": open_fds,
             "rlimit_nofile": {"soft": self.nofile[0], "hard": self.nofile[1]},
             "store": store_stats,
