@@ -188,6 +188,18 @@ class Soak:
         return errors
 
 
+def lateness(out: Path) -> dict[str, int]:
+    """The paced lives' sends, and those late because the previous reply had not come
+    (`late_window_full`: the server's latency) or the generator itself was late."""
+    total = {"measured_sends": 0, "late_window_full": 0, "late_generator": 0}
+    for path in sorted((out / "clients").glob("life-*/client.json")):
+        doc = json.loads(path.read_text())
+        if doc.get("paced"):
+            for key in total:
+                total[key] += int(doc.get(key) or 0)
+    return total
+
+
 def trend(t: np.ndarray, values: np.ndarray) -> dict[str, float]:
     """The least-squares line's rise over the window, the spread around it, and whether the
     rise is within it (3 standard deviations) or under 2 % of the mean."""
@@ -277,7 +289,7 @@ def run(settings: Settings, out: Path, progress=print) -> dict[str, Any]:
         "lost": check["lost"], "duplicates_stored": check["duplicates_stored"],
         "corrupt": check["corrupt"], "client_errors": errors, "problems": soak.problems,
         "rss": rss, "fds": fds, "queue_bytes_end": int(samples["queue_bytes"][-1].as_py()),
-        "latency_bins": bins,
+        "latency_bins": bins, "late": lateness(out),
     }  # fmt: skip
     result["passed"] = bool(rss["flat"] and fds["flat"] and check["lost"] == 0
                             and not check["duplicates_stored"] and not check["corrupt"]
@@ -306,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: mean {tr['mean'] / unit:,.1f}, rise over the window "
               f"{tr['rise'] / unit:+,.2f} (spread {tr['spread'] / unit:,.2f}): "
               f"{'flat' if tr['flat'] else 'RISING'}")  # fmt: skip
+    late = r["late"]
+    sends = max(late["measured_sends"], 1)
+    print(f"paced sends late: waiting for the previous reply {late['late_window_full'] / sends:.1%}"
+          f", by the generator itself {late['late_generator'] / sends:.1%}")  # fmt: skip
     p99 = [b["p99_us"] for b in r["latency_bins"]]
     if p99:
         print(f"latency p99 per {settings.bin_s:g} s: median {np.median(p99) / 1e3:.2f} ms, "
