@@ -28,7 +28,7 @@ soak = _load()
 
 @pytest.mark.slow
 def test_a_two_minute_soak_with_reconnecting_clients_stays_flat(tmp_path: Path) -> None:
-    settings = soak.Settings(minutes=2, clients=1000, groups=10, churn_s=10, warmup_s=30)
+    settings = soak.Settings(minutes=2, clients=1000, groups=10, churn_s=10, warmup_s=45)
     result = soak.run(settings, tmp_path / "soak", progress=lambda _line: None)
     assert result["lost"] == 0 and not result["duplicates_stored"] and not result["corrupt"]
     assert result["client_errors"] == {} and result["problems"] == []
