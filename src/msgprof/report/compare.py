@@ -298,7 +298,8 @@ def counts(table: pd.DataFrame) -> pd.DataFrame:
 def most_changed(table: pd.DataFrame, limit: int = 10) -> pd.DataFrame:
     """The rows that changed, the largest change first (faster and slower before the rest)."""
     rows = table[table["verdict"].isin(["faster", "slower", "unknown"])].copy()
-    rows["size"] = np.abs(np.log(rows["ratio"].astype(float)))
+    ratio = rows["ratio"].astype(float)
+    rows["size"] = np.abs(np.log(ratio.where(ratio > 0)))  # no ratio (from 0): not ranked
     rows["decided"] = rows["verdict"] != "unknown"
     rows = rows.sort_values(["decided", "size"], ascending=False)
     return rows.drop(columns=["size", "decided"]).head(limit)
