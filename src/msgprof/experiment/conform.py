@@ -5,14 +5,12 @@ socket, and checks the reply: its status, that it is one frame of a version-1 AC
 and reserved 0, and that it echoes client_id, seq and t_send_ns. The cases cover the sequence
 rules (OK, DUPLICATE, OUT_OF_ORDER, nothing stored on a gap), every MALFORMED kind, TOO_LARGE,
 UNSUPPORTED_VERSION, and the headers that get no reply at all. A server given as a command is
-started as a point starts one (msgprof.experiment.foreign) and stopped afterwards.
+started as a point starts one (lifecycle.ServerRun) and stopped afterwards.
 """
 
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,16 +19,14 @@ from pathlib import Path
 
 import zmq
 
-from msgprof.experiment import foreign
-from msgprof.experiment.lifecycle import wait_ready
+from msgprof.config import PointConfig
+from msgprof.experiment.lifecycle import SERVER_START_TIMEOUT_S, ChildProcesses, ServerRun
 from msgprof.templates import server_template
 from msgprof.wire.protocol import HEADER, MAGIC, MsgType, Status
 
 #: Milliseconds a case waits for a reply (and, where none is due, that none comes).
 REPLY_MS = 2000
 SILENCE_MS = 500
-#: Seconds a server started from a command gets to become ready.
-START_TIMEOUT_S = 30.0
 
 #: What a case expects: a status, or no reply at all.
 NO_REPLY = "no reply"
@@ -215,30 +211,21 @@ def server(target: str, work: Path) -> Iterator[str]:
     if problem is not None:
         raise ValueError(f"{target!r} is no endpoint (tcp://HOST:PORT), and as a server command "
                          f"it {problem}")  # fmt: skip
-    port = foreign.free_port("127.0.0.1")
-    argv = foreign.server_argv(target, work / "ready", work / "data", port)
+    # started, made ready and stopped as a point's server is (msgprof.experiment.lifecycle)
+    config = PointConfig(clients=1, messages=1, server_command=target)
+    procs = ChildProcesses()
+    run = ServerRun(config, work / "data", work, work / "server.log", procs)
     (work / "data").mkdir()
-    with open(work / "server.log", "wb") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
     try:
-        if "{ready}" in target:
-            endpoint = wait_ready(work / "ready", process, START_TIMEOUT_S)
-        else:
-            up = foreign.wait_port("127.0.0.1", port, process, START_TIMEOUT_S)
-            endpoint = f"tcp://127.0.0.1:{port}" if up else None
+        endpoint = run.start()
         if endpoint is None:
             tail = (work / "server.log").read_text(errors="replace").strip()[-400:]
-            raise ValueError(f"the server did not get ready within {START_TIMEOUT_S:g} s: "
-                             f"{tail or 'no output'}")  # fmt: skip
+            raise ValueError(f"the server did not get ready within {SERVER_START_TIMEOUT_S:g} "
+                             f"s: {tail or 'no output'}")  # fmt: skip
         yield endpoint
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        run.stop([])
+        procs.kill_all()
 
 
 def conform(target: str, max_payload_bytes: int = 1 << 20) -> list[Result]:
