@@ -62,9 +62,9 @@ def stopped_cleanly(code: int) -> bool:
     return code in (0, -signal.SIGTERM)
 
 
-def not_verified(reason: str) -> dict[str, Any]:
+def not_verified(reason: str, method: str = "none") -> dict[str, Any]:
     """The verification of a point whose stored messages were not checked: counts unknown."""
-    return {"verified": False, "method": "none", "reason": reason, "checked": None, "lost": None,
+    return {"verified": False, "method": method, "reason": reason, "checked": None, "lost": None,
             "duplicates_stored": None, "corrupt": None, "stored_unacked": None}  # fmt: skip
 
 
@@ -75,12 +75,10 @@ def verify_by_command(template: str, data: Path, rtt: pa.Table | None) -> dict[s
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=VERIFY_TIMEOUT_S)
     except (OSError, subprocess.TimeoutExpired) as err:
-        return not_verified(f"--verify-command did not run: {err}") | {"method": "command"}
+        return not_verified(f"--verify-command did not run: {err}", "command")
     if done.returncode != 0:
         tail = done.stderr.strip().splitlines()[-1:] or ["no output"]
-        return not_verified(f"--verify-command exited {done.returncode}: {tail[0]}") | {
-            "method": "command"
-        }
+        return not_verified(f"--verify-command exited {done.returncode}: {tail[0]}", "command")
     highest: dict[int, int] = {}
     for number, line in enumerate(done.stdout.splitlines(), start=1):
         fields = line.split()
@@ -88,7 +86,7 @@ def verify_by_command(template: str, data: Path, rtt: pa.Table | None) -> dict[s
             continue
         if len(fields) != 2 or not all(f.isdigit() for f in fields):
             return not_verified(f"--verify-command line {number} is not CLIENT_ID SEQ: "
-                                f"{line[:80]!r}") | {"method": "command"}  # fmt: skip
+                                f"{line[:80]!r}", "command")  # fmt: skip
         highest[int(fields[0])] = int(fields[1])
     lost, examples = 0, []
     for cid, seqs in sorted(acked_by_client(rtt).items()):

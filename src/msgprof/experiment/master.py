@@ -25,7 +25,7 @@ from msgprof.config import PointConfig
 from msgprof.experiment import netstat
 from msgprof.experiment.clients import Load, run_load
 from msgprof.experiment.lifecycle import Run
-from msgprof.experiment.point import start_profiler
+from msgprof.experiment.profiler import start_profiler
 from msgprof.experiment.progress import Progress
 from msgprof.experiment.summary import write_point
 

@@ -18,26 +18,11 @@ from msgprof.config import PointConfig
 from msgprof.experiment import netstat
 from msgprof.experiment.clients import Load, run_load
 from msgprof.experiment.lifecycle import Run
-from msgprof.experiment.profiler import Profiler
+from msgprof.experiment.profiler import start_profiler
 from msgprof.experiment.progress import Progress
 from msgprof.experiment.summary import write_point
 
 log = logging.getLogger("msgprof.point")
-
-
-def start_profiler(config: PointConfig, run: Run, out_dir: Path) -> Profiler | None:
-    """py-spy on the run's server into `out_dir`/profile with --profile (None without): for
-    a point, or for one step of the master case. One that cannot start says why in the log
-    and in point.json, and the point measures on."""
-    if not config.profile or run.server.process is None:
-        return None
-    profiler = Profiler(
-        out_dir / "profile", config.profile_rate_hz, config.profile_native,
-        config.profile_threads,
-    )  # fmt: skip
-    if not profiler.start(run.server.process.pid, run.procs.start):
-        log.warning("the server is not profiled: %s", profiler.reason)
-    return profiler
 
 
 def client_profiles(profile_dir: Path, processes: int) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -41,6 +42,8 @@ from typing import Any
 from msgprof import atomic
 from msgprof.report.flamegraph import write_flamegraph
 from msgprof.report.stacks import read_collapsed, speedscope, top_rows
+
+log = logging.getLogger("msgprof.point")
 
 #: Seconds py-spy gets to attach before the point goes on without it, and to write its file.
 ATTACH_S = 0.5
@@ -148,3 +151,19 @@ class Profiler:
                 writer.writerows(rows)
 
         atomic.replace_into(self.dir / "top.csv", write)
+
+
+def start_profiler(config: Any, run: Any, out_dir: Path) -> Profiler | None:
+    """py-spy on the run's server into `out_dir`/profile with --profile (None without): for
+    a point, or for one step of the master case. One that cannot start says why in the log
+    and in point.json, and the point measures on. `config` is the run's PointConfig, `run`
+    its lifecycle.Run."""
+    if not config.profile or run.server.process is None:
+        return None
+    profiler = Profiler(
+        out_dir / "profile", config.profile_rate_hz, config.profile_native,
+        config.profile_threads,
+    )  # fmt: skip
+    if not profiler.start(run.server.process.pid, run.procs.start):
+        log.warning("the server is not profiled: %s", profiler.reason)
+    return profiler
