@@ -31,7 +31,8 @@ class ServiceTimes:
             start, values = start + n - self.size, values[-self.size :]
         at = start % self.size
         first = min(len(values), self.size - at)
-        self.ring[at : at + first] = array.array("q", values[:first])
+        head = values if first == len(values) else values[:first]  # most bursts: no copy
+        self.ring[at : at + first] = array.array("q", head)
         if first < len(values):
             self.ring[: len(values) - first] = array.array("q", values[first:])
         self.count += n
