@@ -33,6 +33,7 @@ from msgprof.server.admission import (
     connection_budget,
     somaxconn,
 )
+from msgprof.server.heap import HeapTrimmer
 from msgprof.server.listener import Listener, listen
 from msgprof.server.nullstore import NullStore
 from msgprof.server.samples import ServiceTimes
@@ -106,6 +107,7 @@ class Server:
         self._descriptors_at_stop: dict[str, int] | None = None
         self._owner: dict[int, bytes] = {}  # client id -> routing id of its latest connection
         self._lone = True  # the last burst was a single message (see _serve_burst)
+        self.heap = HeapTrimmer()
         burst = self._descriptor_budget()
         self.admission = Admission(self.nofile[0], self.max_connections, burst + 1)
         self._open_store()
@@ -259,6 +261,7 @@ class Server:
         """Serve until stopped, then flush, close and return the final stats."""
         # zmq_poll on a list made once: Socket.poll builds a Poller at every call
         poll, ready = zmq.zmq_poll, [(self.router, zmq.POLLIN)]
+        self.heap.start()
         try:
             while not self._stopping:
                 if poll(ready, IDLE_POLL_MS):
@@ -399,6 +402,7 @@ class Server:
 
     def _shutdown(self) -> dict[str, Any]:
         """Stop receiving, make everything durable, close, and write the stats."""
+        self.heap.stop()
         self.gatekeeper.stop()  # reads the last monitor events, closes the monitor
         self.admission.flush_logs()
         fds_at_stop = limits.open_fds()
@@ -464,6 +468,7 @@ class Server:
                 self._service_ns.since(self._samples_at_snapshot)
             ),
             "open_fds_at_stop": open_fds,
+            "heap_trim": self.heap.stats(),
             "rlimit_nofile": {"soft": self.nofile[0], "hard": self.nofile[1]},
             "store": store_stats,
             "disk_bytes": disk_bytes,
