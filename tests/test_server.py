@@ -130,7 +130,7 @@ def test_server_process_ready_file_sigterm_and_stats(tmp_path, zctx):
     assert stats["service_ns"]["count"] == 10 and stats["service_ns"]["p50"] > 0
     assert stats["config"]["ack_after"] == "fsync"
     assert stats["rlimit_nofile"]["soft"] >= 1024
-    assert stats["heap_trim"]["available"] and stats["heap_trim"]["interval_s"] == 60
+    assert stats["heap_trim"]["available"] and stats["heap_trim"]["interval_s"] == 10
     for key in ("peak", "accepted", "accept_failed"):
         assert key in stats["connections"]
 
