@@ -1,8 +1,14 @@
-"""The soak of benchmarks/soak.py, shortened to 2 minutes: 1,000 clients paced at 70 % of the
+"""The soak of benchmarks/soak.py, shortened to 2 minutes: 300 clients paced at 70 % of the
 saturation (the highest rate three paced probes of 6 s kept to), a tenth of them reconnecting
 (same ids, going on with their sequences) every 10 s: the server's memory and descriptors stay
-flat after a minute's warm-up, nothing acknowledged is lost, no client sees an error. The
-30-minute run's figures are in docs/reliability.md."""
+flat after a minute's warm-up, nothing acknowledged is lost, no client sees an error.
+
+300 clients, not the full soak's 1,000: a connection's memory in the server grows until it has
+carried about 500 messages (1,000 closed-loop clients against `msgprof server --store none`:
+RSS 88 → 170 MiB over their first ~460 messages each, then flat; libzmq's pipes queue messages
+in chunks of 256 and keep a spare), and a client reconnecting every 100 s at the few messages
+a second that 1,000 clients share on a busy 2-core host never gets there, so RSS would rise
+through the whole run. The 30-minute run's figures are in docs/reliability.md."""
 
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ soak = _load()
 
 @pytest.mark.slow
 def test_a_two_minute_soak_with_reconnecting_clients_stays_flat(tmp_path: Path) -> None:
-    settings = soak.Settings(minutes=2, clients=1000, groups=10, churn_s=10, warmup_s=60,
+    settings = soak.Settings(minutes=2, clients=300, groups=10, churn_s=10, warmup_s=60,
                              probe_s=6, probes=3)  # fmt: skip
     result = soak.run(settings, tmp_path / "soak", progress=lambda _line: None)
     assert result["lost"] == 0 and not result["duplicates_stored"] and not result["corrupt"]
