@@ -11,7 +11,6 @@ clients (docs/reliability.md, "Soak"). Where there is no glibc, nothing is done.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -25,13 +24,11 @@ TRIM_INTERVAL_S = 10.0
 
 def _malloc_trim() -> Any:
     """glibc's malloc_trim, or None. A ctypes call releases the interpreter lock meanwhile."""
-    name = ctypes.util.find_library("c")
     try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own symbols: libc is among them
     except (OSError, AttributeError):  # not glibc
         return None
-    if trim is not None:
-        trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     return trim
 
 
