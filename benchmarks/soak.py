@@ -99,6 +99,7 @@ class Group:
     ids: range
     next_seq: int = 1
     lives: list[tuple[Any, Path, int]] = field(default_factory=list)  # (process, out, messages)
+    soak_from: int = 0  # lives[soak_from:] are the soak's (those before: closed loop, probes)
     done: bool = False  # no life left before the soak's end
 
     def running(self) -> bool:
@@ -117,7 +118,6 @@ class Soak:
         self.monitor: ResourceMonitor | None = None
         self.problems: list[str] = []
         self.lives = 0
-        self.first_soak_life = 0  # lives numbered from here on are the soak's (not probes)
         self.soak_t0 = 0.0  # time.monotonic() at the soak's start
         self.probes: list[dict[str, Any]] = []
 
@@ -207,7 +207,8 @@ class Soak:
     def soak(self, rate: float) -> None:
         """Every group paced at `rate`; each churn interval another group starts a new life."""
         per_interval = max(1, round(rate * self.s.churn_s))
-        self.first_soak_life = self.lives
+        for group in self.groups:
+            group.soak_from = len(group.lives)
         self.soak_t0 = t0 = time.monotonic()
         end = t0 + self.s.minutes * 60
         for k, group in enumerate(self.groups):  # staggered: group k's first life ends at k+1
@@ -239,10 +240,10 @@ class Soak:
             self.problems.append("the server did not stop cleanly")
         self.procs.kill_all()
 
-    def soak_lives(self) -> list[Path]:
-        """The output directories of the soak's own client processes (not the probes')."""
-        return [out for g in self.groups for _proc, out, _m in g.lives
-                if int(out.name.split("-")[1]) >= self.first_soak_life]  # fmt: skip
+    def outs(self, soak_only: bool = False) -> list[Path]:
+        """The output directories of every client process, or of the soak's own only."""
+        return [out for g in self.groups
+                for _proc, out, _m in g.lives[g.soak_from if soak_only else 0:]]  # fmt: skip
 
     def rows(self, outs: list[Path]) -> pa.Table:
         outs = [out for out in outs if (out / "rtt.parquet").is_file()]
@@ -250,13 +251,10 @@ class Soak:
 
     def client_errors(self) -> dict[str, int]:
         errors: dict[str, int] = {}
-        for g in self.groups:
-            for _proc, out, _m in g.lives:
-                if not (out / "client.json").is_file():
-                    continue
-                for kind, n in json.loads((out / "client.json").read_text())["errors"].items():
-                    if n and kind != "not_sent":
-                        errors[kind] = errors.get(kind, 0) + n
+        for out in self.outs():
+            for kind, n in read_json(out / "client.json").get("errors", {}).items():
+                if n and kind != "not_sent":
+                    errors[kind] = errors.get(kind, 0) + n
         return errors
 
 
@@ -305,7 +303,7 @@ def latency_bins(rtt: pa.Table, bin_s: float, t0_s: float) -> list[dict[str, flo
 
 
 def plot(path: Path, samples: pa.Table, bins: list[dict[str, float]], bin_s: float,
-         soak_s: float, warmup_s: float) -> None:  # fmt: skip
+         soak_start_s: float, warmup_s: float) -> None:  # fmt: skip
     """RSS, descriptors, queue bytes and latency over the server's life; dotted lines at the
     soak's start (after the saturation probes) and at the end of its warm-up."""
     import matplotlib
@@ -329,7 +327,7 @@ def plot(path: Path, samples: pa.Table, bins: list[dict[str, float]], bin_s: flo
         axes[3].set_yscale("log")
         axes[3].legend(loc="upper right", fontsize=8)
     for ax in axes:
-        for at in (soak_s, soak_s + warmup_s):
+        for at in (soak_start_s, soak_start_s + warmup_s):
             ax.axvline(at / 60, color="0.6", linestyle=":")
     axes[3].set_ylabel("latency (ms)")
     axes[3].set_xlabel("minutes since the server started (before the first dotted line: "
@@ -357,14 +355,14 @@ def run(settings: Settings, out: Path, progress=print) -> dict[str, Any]:
     samples = soak.monitor.table()
     monitor_t0 = float(samples.schema.metadata[b"t0_monotonic_s"])
     soak_start = soak.soak_t0 - monitor_t0  # in the samples' t_s
-    rtt = soak.rows([out for g in soak.groups for _proc, out, _m in g.lives])
+    rtt = soak.rows(soak.outs())
     check = verify_queues(soak.data, rtt, settings.payload_bytes)
     t = np.asarray(samples["t_s"])
     after = t >= soak_start + settings.warmup_s
     rss = trend(t[after], np.asarray(samples["rss_bytes"], dtype=float)[after])
     fds = trend(t[after], np.asarray(samples["open_fds"], dtype=float)[after])
     errors = soak.client_errors()
-    lives = soak.soak_lives()
+    lives = soak.outs(soak_only=True)
     bins = latency_bins(soak.rows(lives), settings.bin_s, monitor_t0)
     result = {
         "settings": asdict(settings), "closed_loop_msgs_per_s": closed,
