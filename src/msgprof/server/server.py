@@ -115,6 +115,8 @@ class Server:
         self.ctx.set(zmq.MAX_SOCKETS, config.max_sockets)
         self.router = self._router()
         self._events = MethodType(zmq.backend.Socket.get, self.router)  # asks ZMQ_EVENTS
+        # the backend's send: the sugar's adds a Python call per frame (two frames an ACK)
+        self._send = MethodType(zmq.backend.Socket.send, self.router)
         self._listen()
 
     def _descriptor_budget(self) -> int:
@@ -353,7 +355,7 @@ class Server:
         self._answer(replies, failures)
 
     def _answer(self, replies: list[Reply], failures: dict[int, StoreError]) -> None:
-        send = self.router.send
+        send = self._send
         prefix = protocol.ACK_PREFIX
         counters = self.counters
         sent: dict[int, int] = {}  # replies by status, folded into the named counter once
