@@ -39,9 +39,7 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
-#: The backend's send: the sugar's (zmq.Socket.send) is a Python call more per frame, for DRAFT
-#: routing ids and groups a DEALER never uses; two frames a message, both in the timed window.
-_send = zmq.backend.Socket.send
+_send = zmq.backend.Socket.send  # not the sugar's: a Python call more per frame, in the RTT
 _HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 _HANDSHAKE_REFUSED = int(zmq.EVENT_HANDSHAKE_FAILED_AUTH)
