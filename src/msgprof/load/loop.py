@@ -27,7 +27,7 @@ from msgprof.load.sockets import HWM, client_sources, connect_endpoint, open_cli
 from msgprof.load.statuses import DUPLICATE, INVALID_ACK, MISMATCH, OK, TIMEOUT
 from msgprof.load.waiters import make_waiter
 from msgprof.wire.payload import payload_for
-from msgprof.wire.protocol import decode_ack, encode_data
+from msgprof.wire.protocol import ACK_PREFIX, ECHO_OFFSET, decode_ack, encode_data
 from msgprof.wire.security import CurveClientKeys
 
 #: How often the loop looks at a stop request when it has one (ns).
@@ -39,6 +39,7 @@ _POLLIN = int(zmq.POLLIN)
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
 _SNDMORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
+_ACK_OK, _ECHO_OFFSET = ACK_PREFIX[OK], ECHO_OFFSET  # an OK reply is matched by its bytes
 _send = zmq.backend.Socket.send  # not the sugar's: a Python call more per frame, in the RTT
 _HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
@@ -84,6 +85,7 @@ class Loop:
         self.last_seq = [0] * n  # last seq sent
         self.inflight = [0] * n  # seq awaiting its reply, 0 if none
         self.t_send = [0] * n
+        self.sent = [b""] * n  # the DATA header in flight, which an OK ACK echoes
         self.connected, self.done = [False] * n, [False] * n
         self.t_connect, self.connect_ns = [-1] * n, [-1] * n
         self.first_ack_ns, self.t_end = [-1] * n, [-1] * n
@@ -290,27 +292,24 @@ class Loop:
     # -- messages ------------------------------------------------------------------------
 
     def send(self, i: int) -> None:
-        """Send the next seq of client `i`."""
+        """Send the next seq of client `i`, all else done before the clock is read: from the
+        send to the wait for its reply, this thread holds the CPU libzmq's I/O thread needs."""
         seq = self.last_seq[i] + 1
-        # the payload is built before the clock starts: RTT times the round trip, not our encoding
         payload = payload_for(self.ids[i], seq + self.seq_base, self.config.payload_bytes)
+        self.last_seq[i] = self.inflight[i] = seq
+        if connected := self.connected[i]:
+            self.arm(i, time.perf_counter_ns())
         t = time.perf_counter_ns()
         if not self.transmit(i, seq, t, payload) and not self.resend_mode:
-            if not self.connected[i]:
-                # The connection died before its handshake (refused, or lost) and took the
-                # message with it: the monitor tells which; a new connection sends it again.
-                return
-            # Cannot happen with one message in flight and HWM > 1.
-            self.finish(i, t)
+            self.last_seq[i], self.inflight[i] = seq - 1, 0  # not sent (its deadline is stale)
+            if not connected:
+                return  # died before its handshake: the monitor says why, a new one resends
+            self.finish(i, t)  # cannot happen with one message in flight and HWM > 1
             return
         # In resend mode a refused send (full pipe) is tried again when its timeout passes.
-        self.last_seq[i] = seq
-        self.inflight[i] = seq
         self.t_send[i] = t
         if self.first_send < 0:
             self.first_send = t
-        if self.connected[i]:
-            self.arm(i, t)
 
     def transmit(self, i: int, seq: int, t_send: int, payload: bytes | None = None) -> bool:
         """Queue DATA `seq` of client `i` on its DEALER; False if the pipe is full, or died
@@ -319,12 +318,13 @@ class Loop:
         cid, wire = self.ids[i], seq + self.seq_base
         sock = self.socks[i]
         try:
-            _send(sock, encode_data(cid, wire, t_send), _SNDMORE_NOBLOCK)
+            _send(sock, header := encode_data(cid, wire, t_send), _SNDMORE_NOBLOCK)
             if payload is None:
                 payload = payload_for(cid, wire, self.config.payload_bytes)
             _send(sock, payload, _NOBLOCK)
         except zmq.Again:
             return False
+        self.sent[i] = header
         return True
 
     def resend(self, i: int, now: int) -> None:
@@ -361,6 +361,9 @@ class Loop:
             self.mark_connected(i)
         if self.first_ack_ns[i] < 0:
             self.first_ack_ns[i] = t - self.t_connect[i]
+        if frames == [_ACK_OK + self.sent[i][_ECHO_OFFSET:]]:  # OK, echoing what was sent
+            self.settle(i, OK, t - self.t_send[i], t)
+            return
         try:
             ack = self.decode_reply(frames)
         except ValueError:
@@ -403,11 +406,6 @@ class Loop:
         self.done[i] = True
         self.n_done += 1
 
-    def expire(self, now: int) -> None:
-        """Messages and connections whose time has run out by `now`."""
-        self.expire_messages(now)
-        self.expire_connects(now)
-
     def expire_messages(self, now: int) -> None:
         msg = self.msg_deadlines
         while msg and msg[0][0] <= now:
@@ -441,7 +439,8 @@ class Loop:
             if stop is not None and stop.is_set():
                 self.stopped = True
                 break
-            self.expire(now)
+            self.expire_messages(now)  # messages and connections whose time has run out
+            self.expire_connects(now)
             self.fire(now)
             self.fill_connect_window(now)
             if self.held and self.next_to_start == self.n and self.connecting == 0:
