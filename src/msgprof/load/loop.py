@@ -128,6 +128,7 @@ class Loop:
         self.hwm = max(HWM, 2 * config.max_in_flight)
         #: How a reply is read: an ACK, or in echo mode the request sent back (chosen once).
         self.decode_reply = decode_echo if config.echo else decode_ack
+        self.ok_by_bytes = not config.echo  # an OK ACK, matched by its bytes (on_reply)
 
     # -- connecting ----------------------------------------------------------------------
 
@@ -361,7 +362,7 @@ class Loop:
             self.mark_connected(i)
         if self.first_ack_ns[i] < 0:
             self.first_ack_ns[i] = t - self.t_connect[i]
-        if frames == [_ACK_OK + self.sent[i][_ECHO_OFFSET:]]:  # OK, echoing what was sent
+        if self.ok_by_bytes and frames == [_ACK_OK + self.sent[i][_ECHO_OFFSET:]]:
             self.settle(i, OK, t - self.t_send[i], t)
             return
         try:
