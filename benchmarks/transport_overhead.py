@@ -38,7 +38,7 @@ the median of the ratios of runs seconds apart against the same process, and the
 are the medians over runs. (Measured one server instance each, minutes apart, a client/C ratio
 moved between 0.88 and 1.55 from round to round on this 2-core host.)
 
-    python benchmarks/transport_overhead.py              # the table, ~7.5 minutes on 2 cores
+    python benchmarks/transport_overhead.py              # the table, ~6 minutes on 2 cores
     python benchmarks/transport_overhead.py --markdown   # the same as a Markdown table
 
 The 1-client runs (msgprof client and C client) put the server on one CPU and the client on
@@ -91,8 +91,8 @@ BASELINE = "bare"
 ALL_TARGETS = (*TARGETS, *(t for t in C_TARGETS if t not in TARGETS))
 #: Seconds at the start of the throughput run its rate leaves out (all targets alike): a
 #: storing server creates a new client's queue (a directory and a segment file) on its first
-#: messages, two inode allocations that can take ~0.4 ms each on ext4 after the many deletions
-#: of earlier runs (docs/performance.md). The rate over the whole run is `cold_msgs_per_s`.
+#: messages: two inode allocations on ext4, ~0.27 ms the pair on the reference host, 27 ms for
+#: 100 clients (docs/performance.md). The rate over the whole run is `cold_msgs_per_s`.
 WARMUP_S = 0.5
 #: The CPUs of the 1-client runs: the server's, then the client's (None: fewer than 2 CPUs).
 PINNED = tuple(sorted(os.sched_getaffinity(0))[:2]) if len(os.sched_getaffinity(0)) >= 2 else None
@@ -191,11 +191,10 @@ def _msgprof_rtts(
     if problems:
         raise RuntimeError(f"{target}: {problems}; see {tmp}")
     docs = read_client_docs(work, started)
-    tables = [
-        pq.read_table(work / f"client-{k}" / "rtt.parquet", columns=["t_send_ns", "rtt_ns", "status"])
-        for k in range(started)
-    ]
-    table = pa.concat_tables(tables)
+    columns = ["t_send_ns", "rtt_ns", "status"]
+    table = pa.concat_tables(
+        pq.read_table(work / f"client-{k}" / "rtt.parquet", columns=columns) for k in range(started)
+    )
     ok = table.filter(pc.equal(table["status"], "OK"))
     rtt = ok["rtt_ns"].to_numpy()
     if len(rtt) != config.clients * config.messages:
