@@ -18,10 +18,11 @@ table shows the median over rounds of those paired ratios. It also prints the se
 per message at 100 clients (all its threads, over the clients' run), which says what storing
 costs independently of how busy the host is.
 
-Throughput at 100 clients counts the acks from 0.5 s after the first send (WARMUP_S) to the
-first client process's last ack: every client past its first contact, both processes sending.
-A storing server creates each new client's queue (directory and segment file) on its first
-messages; that one-off cost is left out of the hot path's figure and shown apart, as the
+Throughput at 100 clients is the point's achieved rate after a warm-up (`--warmup-s`
+WARMUP_S, msgprof.experiment.offered.achieved): the OK replies to messages sent after each
+client's first 0.5 s, read while every client of both processes was past its warm-up and still
+sending. A storing server creates each new client's queue (directory and segment file) on its
+first messages; that one-off cost is left out of the hot path's figure and shown apart, as the
 whole-run ratio printed under the table.
 
 When `cc` and zmq.h are present, a C client (benchmarks/c/) also measures the RTT at 1 client of
@@ -78,6 +79,7 @@ from msgprof import atomic
 from msgprof.config import PointConfig
 from msgprof.experiment.clients import read_client_docs, run_client_processes
 from msgprof.experiment.lifecycle import ChildProcesses, server_argv, wait_ready
+from msgprof.experiment.offered import achieved
 from msgprof.experiment.summary import load_window
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -89,7 +91,7 @@ TARGETS = ("bare", "echo", "none", "buffer", "write", "fsync")  # measured by ms
 C_TARGETS = ("bare", "write", "proxy")  # RTT at 1 client measured by the C client
 BASELINE = "bare"
 ALL_TARGETS = (*TARGETS, *(t for t in C_TARGETS if t not in TARGETS))
-#: Seconds at the start of the throughput run its rate leaves out (all targets alike): a
+#: The throughput run's warm-up (`--warmup-s`), left out of its rate (all targets alike): a
 #: storing server creates a new client's queue (a directory and a segment file) on its first
 #: messages: two inode allocations on ext4, ~0.27 ms the pair on the reference host, 27 ms for
 #: 100 clients (docs/performance.md). The rate over the whole run is `cold_msgs_per_s`.
@@ -139,11 +141,14 @@ def _target_argv(target: str, config: PointConfig, tmp: Path, work: Path) -> lis
     return server_argv(config, tmp / "queues", work)
 
 
-def _config(target: str, clients: int, messages: int, processes: int) -> PointConfig:
+def _config(
+    target: str, clients: int, messages: int, processes: int, warmup_s: float = 0.0
+) -> PointConfig:
     return PointConfig(
         clients=clients,
         messages=messages,
         processes=processes,
+        warmup_s=warmup_s,
         store="file" if target in ("buffer", "write", "fsync") else "none",
         ack_after=target if target in ("buffer", "write", "fsync") else "write",
         timeout_s=10,
@@ -182,52 +187,49 @@ def serving(target: str, config: PointConfig, tmp: Path, pin: bool = False):
 
 def _msgprof_rtts(
     target: str, config: PointConfig, endpoint: str, work: Path, tmp: Path, procs: ChildProcesses
-) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+) -> tuple[np.ndarray, pa.Table, list[dict]]:
     """Run `config`'s msgprof client processes against `endpoint`; the RTTs of the OK replies,
-    when each was read (CLOCK_MONOTONIC ns) and the processes' client.json documents. Raises
-    unless every message was acknowledged."""
+    the processes' rtt.parquet rows (send time, RTT, status, warm-up) and their client.json
+    documents. Raises unless every message was acknowledged."""
     problems: list[str] = []
     started = run_client_processes(config, endpoint, work, tmp, procs, problems)
     if problems:
         raise RuntimeError(f"{target}: {problems}; see {tmp}")
     docs = read_client_docs(work, started)
-    columns = ["t_send_ns", "rtt_ns", "status"]
+    columns = ["t_send_ns", "rtt_ns", "status", "warmup"]
     table = pa.concat_tables(
         pq.read_table(work / f"client-{k}" / "rtt.parquet", columns=columns) for k in range(started)
     )
-    ok = table.filter(pc.equal(table["status"], "OK"))
-    rtt = ok["rtt_ns"].to_numpy()
+    rtt = table.filter(pc.equal(table["status"], "OK"))["rtt_ns"].to_numpy()
     if len(rtt) != config.clients * config.messages:
         raise RuntimeError(f"{target}: {len(rtt)} of {config.clients * config.messages} acked")
-    return rtt, ok["t_send_ns"].to_numpy() + rtt, docs
+    return rtt, table, docs
 
 
-def steady_rate(acked_at: np.ndarray, docs: list[dict], warmup_s: float) -> float:
-    """Acks per second from `warmup_s` after the first send to the first process's last ack:
-    every client past its first contact, every process still sending. Raises when that span
-    is shorter than a second (more --messages)."""
-    start = min(doc["window_start_ns"] for doc in docs)
-    lo, hi = start + int(warmup_s * 1e9), min(doc["window_end_ns"] for doc in docs)
-    if hi - lo < 1e9:
+def steady_rate(rtt: pa.Table, docs: list[dict]) -> float:
+    """The achieved rate past the warm-up (msgprof.experiment.offered.achieved). Raises when
+    the window in which every client was past it and still sending is under a second."""
+    rate, window_s = achieved(rtt, docs)
+    if rate is None or window_s < 1.0:
         raise RuntimeError(
-            f"the throughput run had every process sending for {(hi - start) / 1e9:.2f} s; its "
-            f"rate needs {warmup_s:g} s of warm-up and 1 s counted after it: raise --messages"
+            f"the throughput run had {window_s:.2f} s with every client past its {WARMUP_S:g} s "
+            "warm-up and still sending; its rate needs 1 s: raise --messages"
         )
-    return int(((acked_at >= lo) & (acked_at <= hi)).sum()) / ((hi - lo) / 1e9)
+    return rate
 
 
 def run_load(target: str, clients: int, messages: int, processes: int, tmp: Path) -> dict:
     """Start `target`, run msgprof clients against it, stop it; throughput and CPU."""
-    config = _config(target, clients, messages, processes)
+    config = _config(target, clients, messages, processes, WARMUP_S)
     with serving(target, config, tmp) as (endpoint, server_ps, procs):
         cpu_before = server_ps.cpu_times()
-        _, acked_at, docs = _msgprof_rtts(
+        _, rows, docs = _msgprof_rtts(
             target, config, endpoint, tmp / "work" / "clients", tmp, procs
         )
         cpu_after = server_ps.cpu_times()
     acked, window_s = load_window(docs)
     return {
-        "msgs_per_s": steady_rate(acked_at, docs, WARMUP_S),
+        "msgs_per_s": steady_rate(rows, docs),
         "cold_msgs_per_s": acked / window_s,
         "client_cpu": max(doc.get("cpu_utilization", 0.0) for doc in docs),
         # all the server's threads (its own and libzmq's), over the clients' run only
