@@ -42,10 +42,12 @@ class EchoServer:
     busy: BUSY ack; garbage: a frame that is not a header; drop_first: no answer to the first
     copy of a (client, seq), OK to later ones; double: two OK acks for each request;
     t_send_off: OK echoing another t_send_ns; two_frames: an OK ack with a second frame.
+    Requests with a seq below `from_seq` get an OK ack whatever the mode.
     """
 
-    def __init__(self, mode: str = "ok") -> None:
+    def __init__(self, mode: str = "ok", from_seq: int = 1) -> None:
         self.mode = mode
+        self.from_seq = from_seq
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -81,6 +83,9 @@ class EchoServer:
                 fields = HEADER.unpack(header)
                 client_id, seq, t_send = fields[6], fields[7], fields[8]
                 self.received.append((client_id, seq, payload))
+                if seq < self.from_seq:
+                    self.sock.send_multipart([identity, encode_ack(Status.OK, *fields[6:])])
+                    continue
                 if self.mode == "silent":
                     continue
                 if self.mode == "drop_first" and (client_id, seq) not in self._seen:
@@ -273,6 +278,34 @@ def test_one_client_waits_in_recv_and_keeps_every_rule(tmp_path, monkeypatch) ->
         assert time.monotonic() - start < 5
     assert timed_out["errors"]["TIMEOUT"] == 1 and not timed_out["deadline_hit"]
     assert cut["errors"]["TIMEOUT"] == 1 and cut["deadline_hit"]
+
+
+@pytest.mark.parametrize(
+    "mode", ["ok", "two_frames", "double", "duplicate", "busy", "wrong_seq", "t_send_off",
+             "garbage", "silent"],
+)  # fmt: skip
+def test_one_client_rows_as_the_event_loop(tmp_path: Path, monkeypatch, mode: str) -> None:
+    """A process of one client waits in a blocking recv (msgprof.load.solo): whatever reply
+    ends a run of OK acks, its rows, statuses and counts are those of the event loop."""
+    outs = {}
+    calls: list[int] = []
+    receive = msgprof.load.solo.receive
+    monkeypatch.setattr(msgprof.load.solo, "receive", lambda *a: calls.append(1) or receive(*a))
+    for path in ("solo", "event_loop"):
+        if path == "event_loop":
+            assert calls  # the first run took the blocking recv
+            monkeypatch.setattr(msgprof.load.solo, "awaiting", lambda loop: False)
+        with EchoServer(mode, from_seq=40) as server:
+            config = ClientConfig(server.endpoint, [7], messages=60, timeout_s=0.3, deadline_s=5)
+            summary = run_clients(config, tmp_path / path)
+        assert not summary["deadline_hit"]  # a message's own timeout ends a silent run
+        rtt, _, _ = _read(tmp_path / path)
+        outs[path] = (rtt[["seq", "status"]].values.tolist(), summary["acked"], summary["errors"])
+        assert (rtt.rtt_ns[rtt.status == "OK"] > 0).all()
+        assert (np.diff(rtt.t_send_ns) > 0).all()
+    assert outs["solo"] == outs["event_loop"]
+    seqs, acked, _ = outs["solo"]
+    assert seqs[:39] == [[s, "OK"] for s in range(1, 40)] and acked >= 39
 
 
 def test_connect_only(tmp_path: Path) -> None:
