@@ -30,13 +30,15 @@ When `cc` and zmq.h are present, a C client (benchmarks/c/) also measures the RT
 to its sender unchanged: the transport floor, which `msgprof client` cannot measure since it
 refuses a DATA frame as reply). The C client has no interpreter in its timing, so
 `client/C p50` = msgprof client p50 / C client p50 against the same server says what the Python
-client adds to an RTT. Without cc or zmq.h those columns and the proxy row are skipped with the
-reason printed.
+client adds to an RTT. The minimal pyzmq client (benchmarks/minimal_pyzmq_client.py: the C
+client's loop in Python, sharing no code with msgprof) takes its turns beside them: `pyzmq/C p50`
+is what any client on pyzmq adds, so client/C over pyzmq/C is msgprof's own share. Without cc
+or zmq.h those columns and the proxy row are skipped with the reason printed.
 
 A target's 1-client RTT comes from one server process and --rtt-runs short runs (the
---rtt-messages split between them), msgprof client and C client taking turns: `client/C p50` is
-the median of the ratios of runs seconds apart against the same process, and the p50 and p99
-are the medians over runs. (Measured one server instance each, minutes apart, a client/C ratio
+--rtt-messages split between them), msgprof client, C client and minimal pyzmq client taking
+turns: `client/C p50` is the median of the ratios of runs seconds apart against the same process,
+and the p50 and p99 are the medians over runs. (Measured one server instance each, minutes apart, a client/C ratio
 moved between 0.88 and 1.55 from round to round on this 2-core host.)
 
     python benchmarks/transport_overhead.py              # the table, ~6 minutes on 2 cores
@@ -84,6 +86,7 @@ from msgprof.experiment.summary import load_window
 
 BENCH_DIR = Path(__file__).resolve().parent
 BARE_SERVER = BENCH_DIR.parent / "examples" / "servers" / "bare_server.py"
+MINIMAL_PYZMQ_CLIENT = BENCH_DIR / "minimal_pyzmq_client.py"
 sys.path.insert(0, str(BENCH_DIR / "c"))
 from build import build_c_client  # noqa: E402
 
@@ -239,13 +242,16 @@ def run_load(target: str, clients: int, messages: int, processes: int, tmp: Path
     }
 
 
-def _c_rtt(binary: Path, endpoint: str, target: str, config: PointConfig, client_id: int) -> dict:
-    """One C client run (closed loop, `config.messages`); its exact RTT p50 and p99."""
+def _baseline_rtt(
+    client: list[str], endpoint: str, target: str, config: PointConfig, client_id: int
+) -> dict:
+    """One run of a baseline client (the C client, or MINIMAL_PYZMQ_CLIENT; closed loop,
+    `config.messages`); its exact RTT p50 and p99."""
     mode = "echo" if target == "proxy" else "ack"
-    argv = [str(binary), endpoint, str(config.messages), str(config.payload_bytes), mode]
+    argv = [*client, endpoint, str(config.messages), str(config.payload_bytes), mode]
     done = subprocess.run([*argv, str(client_id)], capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
-        raise RuntimeError(f"C client against {target}: {done.stderr.strip()}")
+        raise RuntimeError(f"{Path(client[-1]).name} against {target}: {done.stderr.strip()}")
     return json.loads(done.stdout)
 
 
@@ -253,38 +259,41 @@ def run_rtt(
     target: str, messages: int, runs: int, c_client: Path | None, tmp: Path, pin: bool
 ) -> dict:
     """The 1-client RTT of `target`: one server, `runs` runs of messages // runs each, by
-    `msgprof client` and (with `c_client`, for C_TARGETS) the C client in turn, which of the
-    two goes first alternating, every run with a client id of its own. Figures: the median
-    over runs of each run's p50 and p99, and `client_over_c`, the median of each pair's
-    msgprof p50 / C p50: two runs seconds apart against the same process, so neither another
-    server instance nor the host's drift over minutes enters that ratio."""
+    `msgprof client` and (with `c_client`, for C_TARGETS) the C client and the minimal pyzmq
+    client in turn, their order alternating, every run with a client id of its own. Figures:
+    the median over runs of each run's p50 and p99, and `client_over_c` (`pyzmq_over_c`), the
+    median of each run's msgprof (minimal pyzmq) p50 / the C client's p50 of that run: runs
+    seconds apart against the same process, so neither another server instance nor the host's
+    drift over minutes enters the ratio."""
     config = _config(target, 1, max(1, messages // runs), 1)
     clients = ["msgprof"] if target in TARGETS else []
     if c_client is not None and target in C_TARGETS:
-        clients.append("c")
-    mine: list[tuple[float, float]] = []
-    theirs: list[tuple[float, float]] = []
+        clients += ["c", "pyzmq"]
+    baselines = {"c": [str(c_client)], "pyzmq": [sys.executable, str(MINIMAL_PYZMQ_CLIENT)]}
+    p50s: dict[str, list[tuple[float, float]]] = {who: [] for who in clients}
     with serving(target, config, tmp, pin) as (endpoint, _, procs):
         for k in range(runs):
             for who in clients if k % 2 == 0 else reversed(clients):
-                client_id = 1 + 2 * k + (who == "c")
-                if who == "c":
-                    doc = _c_rtt(c_client, endpoint, target, config, client_id)  # type: ignore[arg-type]
-                    theirs.append((doc["rtt_p50_us"], doc["rtt_p99_us"]))
+                client_id = 1 + len(clients) * k + clients.index(who)
+                if who in baselines:
+                    doc = _baseline_rtt(baselines[who], endpoint, target, config, client_id)
+                    p50s[who].append((doc["rtt_p50_us"], doc["rtt_p99_us"]))
                     continue
                 run_config = dataclasses.replace(config, first_client_id=client_id)
                 work = tmp / "work" / f"run-{k}"
                 rtt, _, _ = _msgprof_rtts(target, run_config, endpoint, work, tmp, procs)
-                mine.append(
+                p50s[who].append(
                     (float(np.quantile(rtt, 0.5)) / 1e3, float(np.quantile(rtt, 0.99)) / 1e3)
                 )
     figures: dict = {}
-    for (p50, p99), rows in ((("p50_us", "p99_us"), mine), (("c_p50_us", "c_p99_us"), theirs)):
-        if rows:
-            figures[p50] = statistics.median(row[0] for row in rows)
-            figures[p99] = statistics.median(row[1] for row in rows)
-    if mine and theirs:
-        figures["client_over_c"] = statistics.median(m[0] / c[0] for m, c in zip(mine, theirs))
+    for who, prefix in (("msgprof", ""), ("c", "c_"), ("pyzmq", "pyzmq_")):
+        if p50s.get(who):
+            figures[f"{prefix}p50_us"] = statistics.median(row[0] for row in p50s[who])
+            figures[f"{prefix}p99_us"] = statistics.median(row[1] for row in p50s[who])
+    for who, key in (("msgprof", "client_over_c"), ("pyzmq", "pyzmq_over_c")):
+        if p50s.get(who) and p50s.get("c"):
+            pairs = zip(p50s[who], p50s["c"], strict=True)
+            figures[key] = statistics.median(mine[0] / c[0] for mine, c in pairs)
     return figures
 
 
@@ -390,6 +399,7 @@ COLUMNS = (  # (header, key, format); {clients} is filled in
     ("C RTT p99 µs", "c_p99_us", ".1f"),
     ("C p50 ratio", "c_p50_ratio", ".2f"),
     ("client/C p50", "client_over_c", ".2f"),
+    ("pyzmq/C p50", "pyzmq_over_c", ".2f"),
     ("msg/s @{clients}", "msgs_per_s", ".0f"),
     ("tput ratio", "tput_ratio", ".2f"),
     ("server CPU µs/msg", "server_cpu_us", ".1f"),
@@ -399,7 +409,7 @@ COLUMNS = (  # (header, key, format); {clients} is filled in
 
 def _print_table(table: dict[str, dict], clients: int, markdown: bool) -> None:
     with_c = any("c_p50_us" in row for row in table.values())
-    columns = [c for c in COLUMNS if with_c or not c[1].startswith(("c_", "client_over"))]
+    columns = [c for c in COLUMNS if with_c or not c[1].startswith(("c_", "client_", "pyzmq_"))]
     header = ("server", *(h.format(clients=clients) for h, _, _ in columns))
     lines = [(t, *(_cell(row, key, fmt) for _, key, fmt in columns)) for t, row in table.items()]
     if markdown:
@@ -434,6 +444,14 @@ def _print_checks(table: dict[str, dict], fsync_write: float, rounds: int) -> No
     for text, value, op, target in checks:
         ok = value <= target if op == "<=" else value >= target
         print(f"{'met ' if ok else 'MISSED'}  {text} {value:.2f} {op} {target:.2f}")
+    for t in (BASELINE, "write"):
+        row = table[t]
+        if "pyzmq_over_c" in row:
+            print(
+                f"minimal pyzmq client/C client RTT p50 against {t} {row['pyzmq_over_c']:.2f} "
+                "(what any pyzmq client adds; msgprof client's share above it: "
+                f"{row['client_over_c'] / row['pyzmq_over_c']:.2f})"
+            )
     print(f"fsync/write throughput ratio {fsync_write:.2f}")
     print(
         f"write/{BASELINE} throughput ratio over the whole run, the first {WARMUP_S:g} s (each "
