@@ -443,7 +443,7 @@ def _print_checks(table: dict[str, dict], fsync_write: float, rounds: int) -> No
     )
     for text, value, op, target in checks:
         ok = value <= target if op == "<=" else value >= target
-        print(f"{'met ' if ok else 'MISSED'}  {text} {value:.2f} {op} {target:.2f}")
+        print(f"{'met ' if ok else 'MISSED'}  {text} {value:.3f} {op} {target:.2f}")
     for t in (BASELINE, "write"):
         row = table[t]
         if "pyzmq_over_c" in row:
