@@ -41,7 +41,7 @@ turns: `client/C p50` is the median of the ratios of runs seconds apart against 
 and the p50 and p99 are the medians over runs. (Measured one server instance each, minutes apart, a client/C ratio
 moved between 0.88 and 1.55 from round to round on this 2-core host.)
 
-    python benchmarks/transport_overhead.py              # the table, ~6 minutes on 2 cores
+    python benchmarks/transport_overhead.py              # the table, ~7 minutes on 2 cores
     python benchmarks/transport_overhead.py --markdown   # the same as a Markdown table
 
 The 1-client runs (msgprof client and C client) put the server on one CPU and the client on
