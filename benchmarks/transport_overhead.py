@@ -37,15 +37,17 @@ or zmq.h those columns and the proxy row are skipped with the reason printed.
 
 A target's 1-client RTT comes from one server process and --rtt-runs short runs (the
 --rtt-messages split between them), msgprof client, C client and minimal pyzmq client taking
-turns: `client/C p50` is the median of the ratios of runs seconds apart against the same process,
-and the p50 and p99 are the medians over runs. (Measured one server instance each, minutes apart, a client/C ratio
-moved between 0.88 and 1.55 from round to round on this 2-core host.)
+turns: `client/C p50` is the median of the ratios of runs seconds apart against the same
+process, and the p50 and p99 are the medians over runs. (Measured one server instance each,
+minutes apart, a client/C ratio moved between 0.88 and 1.55 from round to round on this 2-core
+host.)
 
     python benchmarks/transport_overhead.py              # the table, ~7 minutes on 2 cores
     python benchmarks/transport_overhead.py --markdown   # the same as a Markdown table
 
-The 1-client runs (msgprof client and C client) put the server on one CPU and the client on
-another (each process's threads share its CPU; `--no-pin` leaves placement to the scheduler):
+The 1-client runs (msgprof client and the two baseline clients) put the server on one CPU and
+the client on another (each process's threads share its CPU; `--no-pin` leaves placement to the
+scheduler):
 on a 2-core host that shares them with other work, where the scheduler puts four busy threads
 moves a median RTT by more than the differences measured here.
 
@@ -91,7 +93,8 @@ sys.path.insert(0, str(BENCH_DIR / "c"))
 from build import build_c_client  # noqa: E402
 
 TARGETS = ("bare", "echo", "none", "buffer", "write", "fsync")  # measured by msgprof client
-C_TARGETS = ("bare", "write", "proxy")  # RTT at 1 client measured by the C client
+#: RTT at 1 client measured by the C client and the minimal pyzmq client too
+C_TARGETS = ("bare", "write", "proxy")
 BASELINE = "bare"
 ALL_TARGETS = (*TARGETS, *(t for t in C_TARGETS if t not in TARGETS))
 #: The throughput run's warm-up (`--warmup-s`), left out of its rate (all targets alike): a
@@ -267,9 +270,10 @@ def run_rtt(
     drift over minutes enters the ratio."""
     config = _config(target, 1, max(1, messages // runs), 1)
     clients = ["msgprof"] if target in TARGETS else []
+    baselines: dict[str, list[str]] = {}
     if c_client is not None and target in C_TARGETS:
-        clients += ["c", "pyzmq"]
-    baselines = {"c": [str(c_client)], "pyzmq": [sys.executable, str(MINIMAL_PYZMQ_CLIENT)]}
+        baselines = {"c": [str(c_client)], "pyzmq": [sys.executable, str(MINIMAL_PYZMQ_CLIENT)]}
+        clients += list(baselines)
     p50s: dict[str, list[tuple[float, float]]] = {who: [] for who in clients}
     with serving(target, config, tmp, pin) as (endpoint, _, procs):
         for k in range(runs):
@@ -449,8 +453,8 @@ def _print_checks(table: dict[str, dict], fsync_write: float, rounds: int) -> No
         if "pyzmq_over_c" in row:
             print(
                 f"minimal pyzmq client/C client RTT p50 against {t} {row['pyzmq_over_c']:.2f} "
-                "(what any pyzmq client adds; msgprof client's share above it: "
-                f"{row['client_over_c'] / row['pyzmq_over_c']:.2f})"
+                "(what any pyzmq client adds; msgprof client's share above it, the ratio of the "
+                f"two: {row['client_over_c'] / row['pyzmq_over_c']:.2f})"
             )
     print(f"fsync/write throughput ratio {fsync_write:.2f}")
     print(
