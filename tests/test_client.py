@@ -16,6 +16,7 @@ import pytest
 import zmq
 
 import msgprof.load.client
+import msgprof.load.native
 import msgprof.load.solo
 from msgprof.client_ids import format_client_ids, parse_client_ids
 from msgprof.config import ClientConfig
@@ -285,27 +286,64 @@ def test_one_client_waits_in_recv_and_keeps_every_rule(tmp_path, monkeypatch) ->
              "garbage", "silent"],
 )  # fmt: skip
 def test_one_client_rows_as_the_event_loop(tmp_path: Path, monkeypatch, mode: str) -> None:
-    """A process of one client waits in a blocking recv (msgprof.load.solo): whatever reply
-    ends a run of OK acks, its rows, statuses and counts are those of the event loop."""
+    """A process of one client waits in a blocking recv (msgprof.load.solo), compiled where the
+    host builds it and in Python otherwise: whatever reply ends a run of OK acks, its rows,
+    statuses, counts and the payloads the server got are those of the event loop."""
     outs = {}
     calls: list[int] = []
     receive = msgprof.load.solo.receive
     monkeypatch.setattr(msgprof.load.solo, "receive", lambda *a: calls.append(1) or receive(*a))
-    for path in ("solo", "event_loop"):
+    for path in ("native", "python", "event_loop"):
+        if path == "python":
+            monkeypatch.setattr(msgprof.load.native, "load", lambda: None)
         if path == "event_loop":
-            assert calls  # the first run took the blocking recv
+            assert calls  # the first runs took the blocking recv
             monkeypatch.setattr(msgprof.load.solo, "awaiting", lambda loop: False)
         with EchoServer(mode, from_seq=40) as server:
             config = ClientConfig(server.endpoint, [7], messages=60, timeout_s=0.3, deadline_s=5)
             summary = run_clients(config, tmp_path / path)
+        assert summary["solo_loop"] == (None if path == "event_loop" else path)
         assert not summary["deadline_hit"]  # a message's own timeout ends a silent run
         rtt, _, _ = _read(tmp_path / path)
         outs[path] = (rtt[["seq", "status"]].values.tolist(), summary["acked"], summary["errors"])
         assert (rtt.rtt_ns[rtt.status == "OK"] > 0).all()
         assert (np.diff(rtt.t_send_ns) > 0).all()
-    assert outs["solo"] == outs["event_loop"]
-    seqs, acked, _ = outs["solo"]
+        assert all(p == payload_for(7, seq, config.payload_bytes) for _, seq, p in server.received)
+    assert outs["native"] == outs["python"] == outs["event_loop"]
+    seqs, acked, _ = outs["native"]
     assert seqs[:39] == [[s, "OK"] for s in range(1, 40)] and acked >= 39
+
+
+@pytest.mark.parametrize("payload_bytes", [0, 13, 4096])
+def test_native_loop_payloads(tmp_path: Path, payload_bytes: int) -> None:
+    """The compiled loop sends msgprof.wire.payload's bytes for every seq and size."""
+    with EchoServer() as server:
+        config = ClientConfig(server.endpoint, [9], messages=30, payload_bytes=payload_bytes)
+        summary = run_clients(config, tmp_path)
+    assert summary["solo_loop"] == "native" and summary["acked"] == 30
+    assert [(c, s) for c, s, _ in server.received] == [(9, s) for s in range(1, 31)]
+    assert all(p == payload_for(9, s, payload_bytes) for _, s, p in server.received)
+
+
+def test_native_loop_built_once_per_source(tmp_path: Path, monkeypatch) -> None:
+    """Built into the cache on first use, earlier sources' builds removed; with no compiler the
+    one-client loop runs in Python and says why."""
+    monkeypatch.setenv("MSGPROF_NATIVE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(msgprof.load.native, "_loaded", {})
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "solo-0123456789abcdef.so").write_bytes(b"an earlier build")
+    assert msgprof.load.native.load() is not None, msgprof.load.native.why_not()
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [
+        msgprof.load.native.library_path(msgprof.load.native.libzmq_path()).name
+    ]
+    monkeypatch.setenv("MSGPROF_NATIVE_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setattr(msgprof.load.native, "_loaded", {})
+    assert msgprof.load.native.load() is None
+    assert "no C compiler" in msgprof.load.native.why_not()
+    with EchoServer() as server:
+        summary = run_clients(ClientConfig(server.endpoint, [4], messages=20), tmp_path / "out")
+    assert summary["solo_loop"] == "python" and summary["acked"] == 20
 
 
 def test_connect_only(tmp_path: Path) -> None:

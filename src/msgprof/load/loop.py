@@ -124,6 +124,7 @@ class Loop:
         self.precise = False
         #: A process of one client may wait for its reply in libzmq (msgprof.load.solo).
         self.solo = n == 1
+        self.solo_path: str | None = None  # how it waited: 'native' or 'python' (solo.path)
         #: The DEALERs' high-water marks: room for the whole in-flight window, twice over.
         self.hwm = max(HWM, 2 * config.max_in_flight)
         #: How a reply is read: an ACK, or in echo mode the request sent back (chosen once).
@@ -313,9 +314,8 @@ class Loop:
             self.first_send = t
 
     def transmit(self, i: int, seq: int, t_send: int, payload: bytes | None = None) -> bool:
-        """Queue DATA `seq` of client `i` on its DEALER; False if the pipe is full, or died
-        between the two frames (libzmq then drops the message: a refused handshake ends the
-        connection's pipe at any moment)."""
+        """Queue DATA `seq` of client `i` on its DEALER; False if the pipe is full, or died between
+        the two frames (libzmq drops the message: a refused handshake may end the pipe)."""
         cid, wire = self.ids[i], seq + self.seq_base
         sock = self.socks[i]
         try:

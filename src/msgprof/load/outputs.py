@@ -269,6 +269,8 @@ def _limits(config: ClientConfig, loop: Loop, capacity: Capacity) -> dict[str, A
         "connect_timeout_s": config.connect_timeout_s,
         "deadline_s": config.deadline_s,
         "event_loop": loop.waiter.name,
+        # one client: its round trips ran compiled ('native') or in Python; None: event loop only
+        "solo_loop": loop.solo_path,
         "connect_window": capacity.connect_window,
         "max_sockets": capacity.max_sockets,
         "fds_needed": capacity.fds_needed,

@@ -8,20 +8,34 @@ core, libzmq's I/O thread, which is to transmit the message, waits for it. So on
 client is connected and a reply is due, the loop blocks in a plain recv (bounded by
 sockets.RECV_TIMEOUT_MS), reads the clock as it returns and sends the next message from
 there: the path of benchmarks/c/msgprof_c_client.c. Everything else the loop does is unchanged.
+
+Even that path in Python adds ~7% to a round trip, and the per-message bookkeeping more, so a
+closed loop of ACKs runs it compiled (msgprof.load.native) where the host can build it: the C
+loop takes OK ACKs and sends the next seq until a reply comes after `until` or is anything else,
+and the rows it measured are settled here in bulk, outside every timed window. The first frame
+of any other reply comes back to `Loop.on_reply`, as from the Python path.
 """
 
 from __future__ import annotations
 
+import ctypes
+import logging
 import time
 from typing import TYPE_CHECKING
 
 import zmq
+
+from msgprof.load import native
+from msgprof.load.statuses import OK
+from msgprof.wire.protocol import ACK_PREFIX, DATA_PREFIX, encode_data
 
 if TYPE_CHECKING:
     from msgprof.load.loop import Loop
 
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
+#: Rows one call of the compiled loop may take before it returns to settle them.
+BATCH = 4096
 
 
 def awaiting(loop: Loop) -> bool:
@@ -31,10 +45,32 @@ def awaiting(loop: Loop) -> bool:
     )
 
 
+def path(loop: Loop) -> str:
+    """'native' when this loop's one client runs the compiled loop, else 'python'. A closed loop
+    of ACKs qualifies (an echo reply is judged in Python); chosen on first use."""
+    if loop.solo_path is None:
+        native_ok = loop.ok_by_bytes and not loop.resend_mode
+        if native_ok and native.load() is None:
+            native_ok = False
+            logging.getLogger("msgprof.client").warning(
+                "one-client loop in Python (RTTs ~5-10%% longer): %s", native.why_not()
+            )
+        loop.solo_path = "native" if native_ok else "python"
+    return loop.solo_path
+
+
 def receive(loop: Loop, until: int) -> None:
     """Take the client's replies in blocking recvs (each one sends the next message) until a
     reply comes after `until`, the client is done, or no reply came in RECV_TIMEOUT_MS; then
     leave the socket as the event loop expects it (its ZMQ_EVENTS read)."""
+    if path(loop) == "native":
+        receive_native(loop, until)
+    else:
+        receive_python(loop, until)
+    loop.on_dealer(0)
+
+
+def receive_python(loop: Loop, until: int) -> None:
     sock = loop.socks[0]
     assert sock is not None
     recv, more = sock.recv, sock.get
@@ -52,4 +88,76 @@ def receive(loop: Loop, until: int) -> None:
         loop.on_reply(0, frames, t)
         if t >= until:
             break
-    loop.on_dealer(0)
+
+
+class _Call:
+    """The compiled loop's arguments and results for one client's batch of round trips."""
+
+    def __init__(self, size: int) -> None:
+        self.t_sends = (ctypes.c_int64 * BATCH)()
+        self.rtts = (ctypes.c_int64 * BATCH)()
+        self.t_last, self.t_next = ctypes.c_int64(), ctypes.c_int64()
+        self.why, self.err = ctypes.c_int(), ctypes.c_int()
+        self.odd = native.ZmqMsg()
+        self.payload = ctypes.create_string_buffer(max(size, 1))
+
+
+def receive_native(loop: Loop, until: int) -> None:
+    """As receive_python, the round trips in solo_native.c; what it measured is settled here."""
+    lib = native.load()
+    sock = loop.socks[0]
+    assert lib is not None and sock is not None
+    call = _Call(loop.config.payload_bytes)
+    while not loop.done[0] and loop.inflight[0]:
+        seq = loop.inflight[0]
+        rows = lib.msgprof_solo_run(
+            sock.underlying, DATA_PREFIX, ACK_PREFIX[OK], loop.ids[0], seq + loop.seq_base,
+            loop.t_send[0], loop.config.messages - seq, call.payload, loop.config.payload_bytes,
+            until, BATCH, call.t_sends, call.rtts, ctypes.byref(call.t_last),
+            ctypes.byref(call.t_next), ctypes.byref(call.odd), ctypes.byref(call.why),
+            ctypes.byref(call.err),
+        )  # fmt: skip
+        why, t = call.why.value, call.t_last.value
+        if why == native.ERROR:
+            raise zmq.ZMQError(call.err.value)
+        if rows:
+            _settle_batch(loop, call, rows, seq, t)
+        if why == native.ODD:
+            frames = [native.take_frame(lib, call.odd)]
+            while sock.get(_RCVMORE):
+                frames.append(sock.recv(_NOBLOCK))
+            loop.on_reply(0, frames, t)
+        elif why == native.REFUSED:  # as Loop.send when transmit fails
+            loop.last_seq[0], loop.inflight[0] = loop.last_seq[0] - 1, 0
+            loop.finish(0, call.t_next.value)
+        if why == native.TIMEOUT or t >= until:
+            return
+
+
+def _settle_batch(loop: Loop, call: _Call, rows: int, seq: int, t: int) -> None:
+    """Record the `rows` OK round trips from `seq` on, as on_reply and settle would have one by
+    one, and leave the loop's state as the compiled loop left the client: the next message in
+    flight (t_next), or the last one answered and settled through Loop.settle."""
+    if loop.first_ack_ns[0] < 0:
+        loop.first_ack_ns[0] = call.t_sends[0] + call.rtts[0] - loop.t_connect[0]
+    loop.last_reply = t
+    t_next = call.t_next.value
+    bulk = rows if t_next else rows - 1  # the last, when nothing followed, settles in Python
+    if bulk:
+        r = loop.rows
+        r.index.extend([0] * bulk)
+        r.seq.extend(range(seq, seq + bulk))
+        r.t_send.extend(call.t_sends[:bulk])
+        r.rtt.extend(call.rtts[:bulk])
+        r.code.extend([OK] * bulk)
+        loop.n_acked += bulk
+        loop.t_end[0] = call.t_sends[bulk - 1] + call.rtts[bulk - 1]
+    last = seq + bulk
+    loop.last_seq[0] = loop.inflight[0] = last
+    if t_next:
+        loop.t_send[0] = t_next
+        loop.sent[0] = encode_data(loop.ids[0], last + loop.seq_base, t_next)
+        loop.arm(0, t_next)
+    else:
+        loop.t_send[0] = call.t_sends[rows - 1]
+        loop.settle(0, OK, call.rtts[rows - 1], t)
