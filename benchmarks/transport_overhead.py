@@ -29,8 +29,10 @@ When `cc` and zmq.h are present, a C client (benchmarks/c/) also measures the RT
 `bare`, `write` and `proxy` (libzmq's `zmq.proxy(router, router)`, which sends each request back
 to its sender unchanged: the transport floor, which `msgprof client` cannot measure since it
 refuses a DATA frame as reply). The C client has no interpreter in its timing, so
-`client/C p50` = msgprof client p50 / C client p50 against the same server says what the Python
-client adds to an RTT. The minimal pyzmq client (benchmarks/minimal_pyzmq_client.py: the C
+`client/C p50` = msgprof client p50 / C client p50 against the same server says what msgprof's
+generator adds to an RTT (its one-client loop runs compiled where the host builds it,
+msgprof.load.native; the line under the table says in how many runs it did). The minimal pyzmq
+client (benchmarks/minimal_pyzmq_client.py: the C
 client's loop in Python, sharing no code with msgprof) takes its turns beside them: `pyzmq/C p50`
 is what any client on pyzmq adds, so client/C over pyzmq/C is msgprof's own share. Without cc
 or zmq.h those columns and the proxy row are skipped with the reason printed.
@@ -275,6 +277,7 @@ def run_rtt(
         baselines = {"c": [str(c_client)], "pyzmq": [sys.executable, str(MINIMAL_PYZMQ_CLIENT)]}
         clients += list(baselines)
     p50s: dict[str, list[tuple[float, float]]] = {who: [] for who in clients}
+    native: list[bool] = []  # per msgprof run: its one-client loop ran compiled
     with serving(target, config, tmp, pin) as (endpoint, _, procs):
         for k in range(runs):
             for who in clients if k % 2 == 0 else reversed(clients):
@@ -285,11 +288,12 @@ def run_rtt(
                     continue
                 run_config = dataclasses.replace(config, first_client_id=client_id)
                 work = tmp / "work" / f"run-{k}"
-                rtt, _, _ = _msgprof_rtts(target, run_config, endpoint, work, tmp, procs)
+                rtt, _, docs = _msgprof_rtts(target, run_config, endpoint, work, tmp, procs)
+                native.append(docs[0].get("solo_loop") == "native")
                 p50s[who].append(
                     (float(np.quantile(rtt, 0.5)) / 1e3, float(np.quantile(rtt, 0.99)) / 1e3)
                 )
-    figures: dict = {}
+    figures: dict = {"native_runs": sum(native) / len(native)} if native else {}
     for who, prefix in (("msgprof", ""), ("c", "c_"), ("pyzmq", "pyzmq_")):
         if p50s.get(who):
             figures[f"{prefix}p50_us"] = statistics.median(row[0] for row in p50s[who])
@@ -456,6 +460,9 @@ def _print_checks(table: dict[str, dict], fsync_write: float, rounds: int) -> No
                 "(what any pyzmq client adds; msgprof client's share above it, the ratio of the "
                 f"two: {row['client_over_c'] / row['pyzmq_over_c']:.2f})"
             )
+    native = statistics.mean(row["native_runs"] for row in table.values() if "native_runs" in row)
+    print(f"msgprof client's one-client loop ran compiled (msgprof.load.native) in {native:.0%} "
+          "of its 1-client runs, in Python in the rest")  # fmt: skip
     print(f"fsync/write throughput ratio {fsync_write:.2f}")
     print(
         f"write/{BASELINE} throughput ratio over the whole run, the first {WARMUP_S:g} s (each "
