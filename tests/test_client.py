@@ -43,12 +43,14 @@ class EchoServer:
     busy: BUSY ack; garbage: a frame that is not a header; drop_first: no answer to the first
     copy of a (client, seq), OK to later ones; double: two OK acks for each request;
     t_send_off: OK echoing another t_send_ns; two_frames: an OK ack with a second frame.
-    Requests with a seq below `from_seq` get an OK ack whatever the mode.
+    Requests with a seq below `from_seq` get an OK ack whatever the mode. With `echo`, each
+    request is sent back (ok) or, in the other modes, see `_echo`.
     """
 
-    def __init__(self, mode: str = "ok", from_seq: int = 1) -> None:
+    def __init__(self, mode: str = "ok", from_seq: int = 1, echo: bool = False) -> None:
         self.mode = mode
         self.from_seq = from_seq
+        self.echo = echo
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -84,6 +86,9 @@ class EchoServer:
                 fields = HEADER.unpack(header)
                 client_id, seq, t_send = fields[6], fields[7], fields[8]
                 self.received.append((client_id, seq, payload))
+                if self.echo:
+                    self._echo(identity, payload, fields)
+                    continue
                 if seq < self.from_seq:
                     self.sock.send_multipart([identity, encode_ack(Status.OK, *fields[6:])])
                     continue
@@ -109,6 +114,21 @@ class EchoServer:
                 self.sock.send_multipart([identity, ack, *extra])
                 if self.mode == "double":
                     self.sock.send_multipart([identity, ack])
+
+    def _echo(self, identity: bytes, payload: bytes, fields: tuple) -> None:
+        """ok: the request back; echo_tail: and a third frame; one_frame: its header alone;
+        t_send_off, wrong_seq: a header changed so; ack: an OK ack instead; silent: nothing."""
+        mode = self.mode if fields[7] >= self.from_seq else "ok"
+        t_send, seq = fields[8] + (mode == "t_send_off"), fields[7] + (mode == "wrong_seq")
+        frames = [HEADER.pack(*fields[:7], seq, t_send), payload]
+        if mode == "echo_tail":
+            frames.append(b"tail")
+        elif mode == "one_frame":
+            frames.pop()
+        elif mode == "ack":
+            frames = [encode_ack(Status.OK, *fields[6:])]
+        if mode != "silent":
+            self.sock.send_multipart([identity, *frames])
 
 
 def _free_port() -> int:
@@ -289,6 +309,19 @@ def test_one_client_rows_as_the_event_loop(tmp_path: Path, monkeypatch, mode: st
     """A process of one client waits in a blocking recv (msgprof.load.solo), compiled where the
     host builds it and in Python otherwise: whatever reply ends a run of OK acks, its rows,
     statuses, counts and the payloads the server got are those of the event loop."""
+    _solo_paths_agree(tmp_path, monkeypatch, mode, echo=False)
+
+
+@pytest.mark.parametrize(
+    "mode", ["ok", "echo_tail", "one_frame", "t_send_off", "wrong_seq", "ack", "silent"]
+)
+def test_one_client_echoes_as_the_event_loop(tmp_path: Path, monkeypatch, mode: str) -> None:
+    """The same in echo mode (`msgprof calibrate`): an echo the compiled loop does not take as
+    it stands (a third frame, another t_send) goes to the loop, which judges it as ever."""
+    _solo_paths_agree(tmp_path, monkeypatch, mode, echo=True)
+
+
+def _solo_paths_agree(tmp_path: Path, monkeypatch, mode: str, echo: bool) -> None:
     outs = {}
     calls: list[int] = []
     receive = msgprof.load.solo.receive
@@ -299,8 +332,9 @@ def test_one_client_rows_as_the_event_loop(tmp_path: Path, monkeypatch, mode: st
         if path == "event_loop":
             assert calls  # the first runs took the blocking recv
             monkeypatch.setattr(msgprof.load.solo, "awaiting", lambda loop: False)
-        with EchoServer(mode, from_seq=40) as server:
-            config = ClientConfig(server.endpoint, [7], messages=60, timeout_s=0.3, deadline_s=5)
+        with EchoServer(mode, from_seq=40, echo=echo) as server:
+            config = ClientConfig(server.endpoint, [7], messages=60, timeout_s=0.3, deadline_s=5,
+                                  echo=echo)  # fmt: skip
             summary = run_clients(config, tmp_path / path)
         assert summary["solo_loop"] == (None if path == "event_loop" else path)
         assert not summary["deadline_hit"]  # a message's own timeout ends a silent run

@@ -28,7 +28,7 @@ import zmq  # noqa: F401  (maps the libzmq the library is built against)
 SOURCE = Path(__file__).with_name("solo_native.c")
 
 #: msgprof_solo_run's reasons to return (enum in solo_native.c).
-SETTLED, TIMEOUT, ODD, REFUSED, ERROR = range(5)
+SETTLED, TIMEOUT, ODD, ODD_TAIL, REFUSED, ERROR = range(6)
 
 #: time.perf_counter_ns's clock, which the C loop reads for the rows it measures.
 _MONOTONIC = "clock_gettime(CLOCK_MONOTONIC)"
@@ -99,10 +99,13 @@ def build(libzmq: Path, target: Path) -> None:
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64p, u8p = ctypes.POINTER(ctypes.c_int64), ctypes.c_char_p
     run = lib.msgprof_solo_run
-    run.argtypes = [ctypes.c_void_p, u8p, u8p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64,
-                    ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64, ctypes.c_long,
-                    i64p, i64p, i64p, i64p, ctypes.POINTER(ZmqMsg),
-                    ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]  # fmt: skip
+    int_p = ctypes.POINTER(ctypes.c_int)
+    run.argtypes = [
+        ctypes.c_void_p, u8p, u8p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64,  # sock .. seq
+        ctypes.c_int64, ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t,  # t_send .. payload
+        ctypes.c_int64, ctypes.c_long, i64p, i64p, i64p, i64p,  # until, cap, rows, t_last, t_next
+        ctypes.POINTER(ZmqMsg), int_p, int_p,  # odd, why, err
+    ]  # fmt: skip
     run.restype = ctypes.c_long
     lib.zmq_msg_data.argtypes = [ctypes.POINTER(ZmqMsg)]
     lib.zmq_msg_data.restype = ctypes.c_void_p

@@ -13,7 +13,8 @@ Even that path in Python adds ~7% to a round trip, and the per-message bookkeepi
 closed loop of ACKs runs it compiled (msgprof.load.native) where the host can build it: the C
 loop takes OK ACKs and sends the next seq until a reply comes after `until` or is anything else,
 and the rows it measured are settled here in bulk, outside every timed window. The first frame
-of any other reply comes back to `Loop.on_reply`, as from the Python path.
+of any other reply comes back to `Loop.on_reply`, as from the Python path. In echo mode
+(`msgprof calibrate`) it takes the request's header back, and one frame more, as an OK ACK.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ def awaiting(loop: Loop) -> bool:
 
 
 def path(loop: Loop) -> str:
-    """'native' when this loop's one client runs the compiled loop, else 'python'. A closed loop
-    of ACKs qualifies (an echo reply is judged in Python); chosen on first use."""
+    """'native' when this loop's one client runs the compiled loop, else 'python' (resend mode,
+    or no library); chosen on first use."""
     if loop.solo_path is None:
-        native_ok = loop.ok_by_bytes and not loop.resend_mode
+        native_ok = not loop.resend_mode
         if native_ok and native.load() is None:
             native_ok = False
             logging.getLogger("msgprof.client").warning(
@@ -108,10 +109,11 @@ def receive_native(loop: Loop, until: int) -> None:
     sock = loop.socks[0]
     assert lib is not None and sock is not None
     call = _Call(loop.config.payload_bytes)
+    echo = int(loop.config.echo)
     while not loop.done[0] and loop.inflight[0]:
         seq = loop.inflight[0]
         rows = lib.msgprof_solo_run(
-            sock.underlying, DATA_PREFIX, ACK_PREFIX[OK], loop.ids[0], seq + loop.seq_base,
+            sock.underlying, DATA_PREFIX, ACK_PREFIX[OK], echo, loop.ids[0], seq + loop.seq_base,
             loop.t_send[0], loop.config.messages - seq, call.payload, loop.config.payload_bytes,
             until, BATCH, call.t_sends, call.rtts, ctypes.byref(call.t_last),
             ctypes.byref(call.t_next), ctypes.byref(call.odd), ctypes.byref(call.why),
@@ -122,8 +124,10 @@ def receive_native(loop: Loop, until: int) -> None:
             raise zmq.ZMQError(call.err.value)
         if rows:
             _settle_batch(loop, call, rows, seq, t)
-        if why == native.ODD:
+        if why in (native.ODD, native.ODD_TAIL):  # ODD_TAIL: the header matched, as sent
             frames = [native.take_frame(lib, call.odd)]
+            if why == native.ODD_TAIL:
+                frames.insert(0, loop.sent[0])
             while sock.get(_RCVMORE):
                 frames.append(sock.recv(_NOBLOCK))
             loop.on_reply(0, frames, t)

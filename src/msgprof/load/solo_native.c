@@ -4,8 +4,9 @@
    loaded, and msgprof.load.solo calls it through ctypes (the interpreter lock is released for
    the call). Between the two clock reads of a round trip it does what the C client of
    benchmarks/c/ does and nothing else; the rows it measured go back to Python in arrays, and
-   every reply that is not the OK ACK of the message in flight goes back unread beyond its first
-   frame, for the loop to judge as it judges any other.
+   every reply that is not the OK ACK of the message in flight (in echo mode: that message's
+   header and one more frame) goes back unread beyond its first frame (or, for an echo with a
+   third frame, its second), for the loop to judge as it judges any other.
 
    No zmq.h is needed: the few functions used are declared here as libzmq 4 exports them. */
 
@@ -37,9 +38,10 @@ int zmq_errno(void);
 enum {
     SOLO_SETTLED = 0,   /* the last reply was an OK ACK and no next message was sent */
     SOLO_TIMEOUT = 1,   /* no reply within the socket's receive timeout (or a signal) */
-    SOLO_ODD = 2,       /* a reply other than the OK ACK expected: its first frame is in `odd` */
-    SOLO_REFUSED = 3,   /* the next message's payload frame was refused (its header went) */
-    SOLO_ERROR = 4      /* libzmq failed; *err holds its errno */
+    SOLO_ODD = 2,       /* a reply other than the one expected: its first frame is in `odd` */
+    SOLO_ODD_TAIL = 3,  /* echo: the header expected, then a frame in `odd` and more after it */
+    SOLO_REFUSED = 4,   /* the next message's payload frame was refused (its header went) */
+    SOLO_ERROR = 5      /* libzmq failed; *err holds its errno */
 };
 
 static int64_t now_ns(void) {
@@ -63,18 +65,20 @@ static void fill_payload(uint8_t *payload, size_t size, uint32_t client_id, uint
 }
 
 /* Await the reply to the message in flight (`wire_seq`, sent at `t_send` with DATA header
-   `data_prefix` + echo); on its OK ACK record the round trip and, while `sends_left` > 0 and
+   `data_prefix` + echo); on its OK ACK (`echo`: its header back, and one frame more, whatever
+   it holds) record the round trip and, while `sends_left` > 0 and
    the reply came before `until`, send the next seq, up to `cap` rows. Returns the rows recorded
    (t_sends[i], rtts[i] for wire_seq + i) and sets *why; *t_last is the clock at the last reply
    taken, *t_next the send time of a message sent and not yet answered (0 if none). */
 long msgprof_solo_run(void *sock, const uint8_t *data_prefix, const uint8_t *ack_prefix,
-                      uint32_t client_id, uint64_t wire_seq, int64_t t_send, long sends_left,
+                      int echo, uint32_t client_id, uint64_t wire_seq, int64_t t_send,
+                      long sends_left,
                       uint8_t *payload, size_t payload_size, int64_t until, long cap,
                       int64_t *t_sends, int64_t *rtts, int64_t *t_last, int64_t *t_next,
                       zmq_msg_t *odd, int *why, int *err) {
     uint8_t expected[HEADER];
     long rows = 0;
-    memcpy(expected, ack_prefix, PREFIX);
+    memcpy(expected, echo ? data_prefix : ack_prefix, PREFIX);
     put_be(expected + PREFIX, client_id, 4);
     *t_next = 0;
     *err = 0;
@@ -91,12 +95,26 @@ long msgprof_solo_run(void *sock, const uint8_t *data_prefix, const uint8_t *ack
         }
         int64_t t = now_ns();
         *t_last = t;
-        if (zmq_msg_more(odd) || zmq_msg_size(odd) != HEADER ||
+        if (zmq_msg_more(odd) != (echo != 0) || zmq_msg_size(odd) != HEADER ||
             memcmp(zmq_msg_data(odd), expected, HEADER) != 0) {
             *why = SOLO_ODD; /* `odd` stays open: the caller reads and closes it */
             return rows;
         }
         zmq_msg_close(odd);
+        if (echo) { /* the payload's frame, which came with the header */
+            zmq_msg_init(odd);
+            if (zmq_msg_recv(odd, sock, ZMQ_DONTWAIT) < 0) {
+                *err = zmq_errno();
+                zmq_msg_close(odd);
+                *why = SOLO_ERROR;
+                return rows;
+            }
+            if (zmq_msg_more(odd)) {
+                *why = SOLO_ODD_TAIL;
+                return rows;
+            }
+            zmq_msg_close(odd);
+        }
         *t_next = 0;
         t_sends[rows] = t_send;
         rtts[rows] = t - t_send;
