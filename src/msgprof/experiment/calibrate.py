@@ -102,6 +102,8 @@ def run_case(endpoint: str, clients: int, messages: int, work: Path, procs: Chil
         "msgs_per_s": acked / window_s if window_s > 0 else None,
         "client_cpu": max(doc.get("cpu_utilization", 0.0) for doc in docs),
         "client_saturated": any(doc.get("saturated") for doc in docs),
+        # a process of one client: its loop compiled ('native') or in Python; else None
+        "solo_loop": docs[0].get("solo_loop") if len(docs) == 1 else None,
     }
 
 

@@ -27,6 +27,8 @@ import zmq  # noqa: F401  (maps the libzmq the library is built against)
 
 SOURCE = Path(__file__).with_name("solo_native.c")
 
+#: How it is compiled (with the source and libzmq's path, the key of a build).
+FLAGS = ("-O2", "-Wall", "-shared", "-fPIC")
 #: msgprof_solo_run's reasons to return (enum in solo_native.c).
 SETTLED, TIMEOUT, ODD, ODD_TAIL, REFUSED, ERROR = range(6)
 
@@ -65,7 +67,8 @@ def cache_dir() -> Path:
 
 
 def library_path(libzmq: Path) -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + str(libzmq).encode()).hexdigest()[:16]
+    built_from = [SOURCE.read_bytes(), str(libzmq).encode(), " ".join(FLAGS).encode()]
+    key = hashlib.sha256(b"\0".join(built_from)).hexdigest()[:16]
     return cache_dir() / f"solo-{key}.so"
 
 
@@ -78,8 +81,7 @@ def build(libzmq: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    cmd = [cc, "-O2", "-Wall", "-shared", "-fPIC", "-o", tmp, str(SOURCE), str(libzmq),
-           f"-Wl,-rpath,{libzmq.parent}"]  # fmt: skip
+    cmd = [cc, *FLAGS, "-o", tmp, str(SOURCE), str(libzmq), f"-Wl,-rpath,{libzmq.parent}"]
     try:
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
