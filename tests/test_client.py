@@ -351,6 +351,7 @@ def _solo_paths_agree(tmp_path: Path, monkeypatch, mode: str, echo: bool) -> Non
 @pytest.mark.parametrize("payload_bytes", [0, 13, 4096])
 def test_native_loop_payloads(tmp_path: Path, payload_bytes: int) -> None:
     """The compiled loop sends msgprof.wire.payload's bytes for every seq and size."""
+    assert msgprof.load.native.load() is not None, msgprof.load.native.why_not()
     with EchoServer() as server:
         config = ClientConfig(server.endpoint, [9], messages=30, payload_bytes=payload_bytes)
         summary = run_clients(config, tmp_path)
