@@ -49,8 +49,10 @@ _SETTINGS_COMMANDS = (
         "and sends --messages sequenced messages, timing setup and every round trip. By "
         "default a client keeps one message in flight (a closed loop); with --rate it sends on "
         "a schedule (an open loop) and latency runs from each message's intended send time "
-        "(docs/measurement.md). Writes rtt.parquet, clients.parquet, latency.hlog and "
-        "client.json to --out. SIGTERM or SIGINT ends the run early; the outputs are still "
+        "(docs/measurement.md). A process of one closed-loop client runs its round trips in "
+        "a compiled loop, built once per host with the C compiler (MSGPROF_NATIVE=0 keeps it "
+        "in Python; client.json's solo_loop says which ran). Writes rtt.parquet, "
+        "clients.parquet, latency.hlog and client.json to --out. SIGTERM or SIGINT ends the run early; the outputs are still "
         "written.",
         "examples:\n"
         "  msgprof client --endpoint tcp://127.0.0.1:5555 --client-ids 1-100 --messages 1000 "
