@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
 import threading
 import time
@@ -336,7 +337,7 @@ def _solo_paths_agree(tmp_path: Path, monkeypatch, mode: str, echo: bool) -> Non
             config = ClientConfig(server.endpoint, [7], messages=60, timeout_s=0.3, deadline_s=5,
                                   echo=echo)  # fmt: skip
             summary = run_clients(config, tmp_path / path)
-        assert summary["solo_loop"] == (None if path == "event_loop" else path)
+        assert summary["solo_loop"] == ("python" if path == "event_loop" else path)  # chosen
         assert not summary["deadline_hit"]  # a message's own timeout ends a silent run
         rtt, _, _ = _read(tmp_path / path)
         outs[path] = (rtt[["seq", "status"]].values.tolist(), summary["acked"], summary["errors"])
@@ -361,16 +362,22 @@ def test_native_loop_payloads(tmp_path: Path, payload_bytes: int) -> None:
 
 
 def test_native_loop_built_once_per_source(tmp_path: Path, monkeypatch) -> None:
-    """Built into the cache on first use, earlier sources' builds removed; with no compiler the
-    one-client loop runs in Python and says why."""
+    """Built into the cache on first use, other sources' builds removed once a day old; with no
+    compiler the one-client loop runs in Python and says why."""
     monkeypatch.setenv("MSGPROF_NATIVE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(msgprof.load.native, "_loaded", {})
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / "solo-0123456789abcdef.so").write_bytes(b"an earlier build")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("solo-0123456789abcdef.so", "solo-fedcba9876543210.so"):
+        (cache / name).write_bytes(b"another source's build")
+    old = time.time() - msgprof.load.native.STALE_S - 60
+    os.utime(cache / "solo-0123456789abcdef.so", (old, old))
     assert msgprof.load.native.load() is not None, msgprof.load.native.why_not()
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [
-        msgprof.load.native.library_path(msgprof.load.native.libzmq_path()).name
-    ]
+    built = msgprof.load.native.library_path(msgprof.load.native.libzmq_path())
+    assert sorted(p.name for p in cache.iterdir()) == sorted(
+        [built.name, "solo-fedcba9876543210.so"]
+    )
+    assert built.stat().st_mode & 0o777 == 0o755  # a shared cache serves every user
     monkeypatch.setenv("MSGPROF_NATIVE_DIR", str(tmp_path / "empty"))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setattr(msgprof.load.native, "_loaded", {})

@@ -19,6 +19,7 @@ import zmq
 
 from msgprof import limits
 from msgprof.config import ClientConfig
+from msgprof.load import solo
 from msgprof.load.capacity import plan_capacity
 from msgprof.load.loop import Loop, Stop
 from msgprof.load.outputs import write_outputs
@@ -67,6 +68,8 @@ def run_clients(
         ctx.set(zmq.MAX_SOCKETS, capacity.max_sockets)  # before the first socket
         kind = Loop if config.rate is None else PacedLoop
         loop = kind(config, ctx, capacity, progress)
+        if loop.solo and not config.resend:
+            solo.path(loop)  # builds or loads the compiled loop before the run's clock starts
         try:
             usage = _timed_run(loop, config.deadline_s, stop)
         finally:

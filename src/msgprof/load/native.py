@@ -12,9 +12,12 @@ None and the loop stays in Python (msgprof.load.solo): client.json's ``solo_loop
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,7 +33,9 @@ SOURCE = Path(__file__).with_name("solo_native.c")
 #: How it is compiled (with the source and libzmq's path, the key of a build).
 FLAGS = ("-O2", "-Wall", "-shared", "-fPIC")
 #: msgprof_solo_run's reasons to return (enum in solo_native.c).
-SETTLED, TIMEOUT, ODD, ODD_TAIL, REFUSED, ERROR = range(6)
+SETTLED, PAUSED, TIMEOUT, ODD, ODD_TAIL, REFUSED, ERROR = range(7)
+#: Builds of other sources left in the cache this long are removed by the next build.
+STALE_S = 86_400
 
 #: time.perf_counter_ns's clock, which the C loop reads for the rows it measures.
 _MONOTONIC = "clock_gettime(CLOCK_MONOTONIC)"
@@ -42,16 +47,16 @@ _why_not: dict[str, str] = {}
 class ZmqMsg(ctypes.Structure):
     """libzmq's zmq_msg_t: 64 opaque bytes, pointer-aligned."""
 
-    _fields_ = [("_", ctypes.c_void_p * 8)]
+    _fields_ = [("_", ctypes.c_uint64 * 8)]
 
 
 def libzmq_path() -> Path:
     """The libzmq shared library mapped into this process by pyzmq."""
     with open("/proc/self/maps") as maps:
         for line in maps:
-            path = line.split(maxsplit=5)[-1].strip()
-            if "/libzmq" in path and ".so" in path:
-                return Path(path)
+            path = Path(line.split(maxsplit=5)[-1].strip())
+            if re.match(r"libzmq[-.].*\.so", path.name) and path.is_file():
+                return path
     raise OSError("libzmq is not mapped into this process (pyzmq without a shared libzmq?)")
 
 
@@ -75,13 +80,13 @@ def library_path(libzmq: Path) -> Path:
 def build(libzmq: Path, target: Path) -> None:
     """Compile solo_native.c into `target` (atomically: concurrent builders race harmlessly).
     Raises OSError naming what failed."""
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        raise OSError(f"no C compiler ({cc!r} not on PATH; set CC or install gcc)")
+    cc = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+    if shutil.which(cc[0]) is None:
+        raise OSError(f"no C compiler ({cc[0]!r} not on PATH; set CC or install gcc)")
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.stem + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
-    cmd = [cc, *FLAGS, "-o", tmp, str(SOURCE), str(libzmq), f"-Wl,-rpath,{libzmq.parent}"]
+    cmd = [*cc, *FLAGS, "-o", tmp, str(SOURCE), str(libzmq), f"-Wl,-rpath,{libzmq.parent}"]
     try:
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -89,13 +94,16 @@ def build(libzmq: Path, target: Path) -> None:
             raise OSError(f"{' '.join(cmd)}: {err}") from None
         if done.returncode != 0:
             raise OSError(f"{' '.join(cmd)} failed: {done.stderr.strip()[-500:]}")
+        os.chmod(tmp, 0o755)  # a shared cache serves every user
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    for old in target.parent.glob("solo-*.so"):  # earlier sources' builds (mapped ones stay)
-        if old != target:
-            old.unlink(missing_ok=True)
+    stale = time.time() - STALE_S  # not now: another checkout may share the cache
+    for old in target.parent.glob("solo-*"):  # other sources' builds, builds killed midway
+        with contextlib.suppress(OSError):
+            if old != target and old.stat().st_mtime < stale:
+                old.unlink()
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
@@ -104,11 +112,11 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     int_p = ctypes.POINTER(ctypes.c_int)
     run.argtypes = [
         ctypes.c_void_p, u8p, u8p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64,  # sock .. seq
-        ctypes.c_int64, ctypes.c_long, ctypes.c_void_p, ctypes.c_size_t,  # t_send .. payload
-        ctypes.c_int64, ctypes.c_long, i64p, i64p, i64p, i64p,  # until, cap, rows, t_last, t_next
+        ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_size_t,  # t_send .. payload
+        ctypes.c_int64, ctypes.c_int64, i64p, i64p, i64p, i64p,  # until .. t_last, t_next
         ctypes.POINTER(ZmqMsg), int_p, int_p,  # odd, why, err
     ]  # fmt: skip
-    run.restype = ctypes.c_long
+    run.restype = ctypes.c_int64
     lib.zmq_msg_data.argtypes = [ctypes.POINTER(ZmqMsg)]
     lib.zmq_msg_data.restype = ctypes.c_void_p
     lib.zmq_msg_size.argtypes = [ctypes.POINTER(ZmqMsg)]
@@ -131,9 +139,11 @@ def load() -> ctypes.CDLL | None:
                 raise OSError("time.perf_counter is not CLOCK_MONOTONIC here")
             libzmq = libzmq_path()
             target = library_path(libzmq)
-            if not target.exists():
+            try:
+                lib = _bind(ctypes.CDLL(str(target)))
+            except OSError:  # not built yet here (or removed as this process came to it)
                 build(libzmq, target)
-            lib = _bind(ctypes.CDLL(str(target)))
+                lib = _bind(ctypes.CDLL(str(target)))
         except OSError as err:
             _why_not["lib"] = str(err)
         _loaded["lib"] = lib

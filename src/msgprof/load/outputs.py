@@ -269,7 +269,7 @@ def _limits(config: ClientConfig, loop: Loop, capacity: Capacity) -> dict[str, A
         "connect_timeout_s": config.connect_timeout_s,
         "deadline_s": config.deadline_s,
         "event_loop": loop.waiter.name,
-        # one client: its round trips ran compiled ('native') or in Python; None: event loop only
+        # a process of one closed-loop client: its loop compiled ('native') or in Python; else None
         "solo_loop": loop.solo_path,
         "connect_window": capacity.connect_window,
         "max_sockets": capacity.max_sockets,

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 import zmq
@@ -48,7 +49,8 @@ def awaiting(loop: Loop) -> bool:
 
 def path(loop: Loop) -> str:
     """'native' when this loop's one client runs the compiled loop, else 'python' (resend mode,
-    or no library); chosen on first use."""
+    or no library); chosen on first use, which builds the library if this host has none yet:
+    `run_clients` asks before the run's clock starts."""
     if loop.solo_path is None:
         native_ok = not loop.resend_mode
         if native_ok and native.load() is None:
@@ -57,6 +59,8 @@ def path(loop: Loop) -> str:
                 "one-client loop in Python (RTTs ~5-10%% longer): %s", native.why_not()
             )
         loop.solo_path = "native" if native_ok else "python"
+        if native_ok:
+            _calls[loop] = _Call(loop.config.payload_bytes)
     return loop.solo_path
 
 
@@ -103,12 +107,14 @@ class _Call:
         self.payload = ctypes.create_string_buffer(max(size, 1))
 
 
+#: Each loop's arguments for the compiled loop, made once (path) and not in a round trip.
+_calls: weakref.WeakKeyDictionary[Loop, _Call] = weakref.WeakKeyDictionary()
+
+
 def receive_native(loop: Loop, until: int) -> None:
     """As receive_python, the round trips in solo_native.c; what it measured is settled here."""
-    lib = native.load()
-    sock = loop.socks[0]
+    lib, sock, call = native.load(), loop.socks[0], _calls[loop]
     assert lib is not None and sock is not None
-    call = _Call(loop.config.payload_bytes)
     echo = int(loop.config.echo)
     while not loop.done[0] and loop.inflight[0]:
         seq = loop.inflight[0]
@@ -120,10 +126,10 @@ def receive_native(loop: Loop, until: int) -> None:
             ctypes.byref(call.err),
         )  # fmt: skip
         why, t = call.why.value, call.t_last.value
-        if why == native.ERROR:
-            raise zmq.ZMQError(call.err.value)
         if rows:
             _settle_batch(loop, call, rows, seq, t)
+        if why == native.ERROR:
+            raise zmq.ZMQError(call.err.value)
         if why in (native.ODD, native.ODD_TAIL):  # ODD_TAIL: the header matched, as sent
             frames = [native.take_frame(lib, call.odd)]
             if why == native.ODD_TAIL:
@@ -131,8 +137,11 @@ def receive_native(loop: Loop, until: int) -> None:
             while sock.get(_RCVMORE):
                 frames.append(sock.recv(_NOBLOCK))
             loop.on_reply(0, frames, t)
-        elif why == native.REFUSED:  # as Loop.send when transmit fails
-            loop.last_seq[0], loop.inflight[0] = loop.last_seq[0] - 1, 0
+        elif why == native.REFUSED:  # as Loop.send when transmit fails: the last one stays
+            last = loop.inflight[0] - 1
+            loop.last_seq[0], loop.inflight[0] = last, 0
+            loop.t_send[0] = call.t_sends[rows - 1]
+            loop.sent[0] = encode_data(loop.ids[0], last + loop.seq_base, loop.t_send[0])
             loop.finish(0, call.t_next.value)
         if why == native.TIMEOUT or t >= until:
             return
@@ -164,4 +173,5 @@ def _settle_batch(loop: Loop, call: _Call, rows: int, seq: int, t: int) -> None:
         loop.arm(0, t_next)
     else:
         loop.t_send[0] = call.t_sends[rows - 1]
+        loop.sent[0] = encode_data(loop.ids[0], last + loop.seq_base, loop.t_send[0])
         loop.settle(0, OK, call.rtts[rows - 1], t)

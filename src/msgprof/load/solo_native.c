@@ -37,11 +37,12 @@ int zmq_errno(void);
 /* Why msgprof_solo_run returned. */
 enum {
     SOLO_SETTLED = 0,   /* the last reply was an OK ACK and no next message was sent */
-    SOLO_TIMEOUT = 1,   /* no reply within the socket's receive timeout (or a signal) */
-    SOLO_ODD = 2,       /* a reply other than the one expected: its first frame is in `odd` */
-    SOLO_ODD_TAIL = 3,  /* echo: the header expected, then a frame in `odd` and more after it */
-    SOLO_REFUSED = 4,   /* the next message's payload frame was refused (its header went) */
-    SOLO_ERROR = 5      /* libzmq failed; *err holds its errno */
+    SOLO_PAUSED = 1,    /* OK ACKs up to `until` or `cap`, and the next message is in flight */
+    SOLO_TIMEOUT = 2,   /* no reply within the socket's receive timeout (or a signal) */
+    SOLO_ODD = 3,       /* a reply other than the one expected: its first frame is in `odd` */
+    SOLO_ODD_TAIL = 4,  /* echo: the header expected, then a frame in `odd` and more after it */
+    SOLO_REFUSED = 5,   /* the next message's payload frame was refused (its header went) */
+    SOLO_ERROR = 6      /* libzmq failed; *err holds its errno */
 };
 
 static int64_t now_ns(void) {
@@ -64,20 +65,27 @@ static void fill_payload(uint8_t *payload, size_t size, uint32_t client_id, uint
         memcpy(payload + at, stamp, size - at < STAMP ? size - at : STAMP);
 }
 
+/* A send without waiting, tried again when a signal interrupts it; 0, or libzmq's errno. */
+static int send_now(void *sock, const void *buf, size_t len, int more) {
+    while (zmq_send(sock, buf, len, ZMQ_DONTWAIT | (more ? ZMQ_SNDMORE : 0)) < 0)
+        if (zmq_errno() != EINTR)
+            return zmq_errno();
+    return 0;
+}
+
 /* Await the reply to the message in flight (`wire_seq`, sent at `t_send` with DATA header
    `data_prefix` + echo); on its OK ACK (`echo`: its header back, and one frame more, whatever
-   it holds) record the round trip and, while `sends_left` > 0 and
-   the reply came before `until`, send the next seq, up to `cap` rows. Returns the rows recorded
-   (t_sends[i], rtts[i] for wire_seq + i) and sets *why; *t_last is the clock at the last reply
-   taken, *t_next the send time of a message sent and not yet answered (0 if none). */
-long msgprof_solo_run(void *sock, const uint8_t *data_prefix, const uint8_t *ack_prefix,
-                      int echo, uint32_t client_id, uint64_t wire_seq, int64_t t_send,
-                      long sends_left,
-                      uint8_t *payload, size_t payload_size, int64_t until, long cap,
-                      int64_t *t_sends, int64_t *rtts, int64_t *t_last, int64_t *t_next,
-                      zmq_msg_t *odd, int *why, int *err) {
+   it holds) record the round trip and, while `sends_left` > 0, send the next seq, until a reply
+   comes at or after `until` or `cap` rows are taken. Returns the rows recorded (t_sends[i],
+   rtts[i] for wire_seq + i) and sets *why; *t_last is the clock at the last reply taken,
+   *t_next the send time of a message sent and not yet answered (0 if none). */
+int64_t msgprof_solo_run(void *sock, const uint8_t *data_prefix, const uint8_t *ack_prefix,
+                         int echo, uint32_t client_id, uint64_t wire_seq, int64_t t_send,
+                         int64_t sends_left, uint8_t *payload, size_t payload_size,
+                         int64_t until, int64_t cap, int64_t *t_sends, int64_t *rtts,
+                         int64_t *t_last, int64_t *t_next, zmq_msg_t *odd, int *why, int *err) {
     uint8_t expected[HEADER];
-    long rows = 0;
+    int64_t rows = 0;
     memcpy(expected, echo ? data_prefix : ack_prefix, PREFIX);
     put_be(expected + PREFIX, client_id, 4);
     *t_next = 0;
@@ -119,7 +127,7 @@ long msgprof_solo_run(void *sock, const uint8_t *data_prefix, const uint8_t *ack
         t_sends[rows] = t_send;
         rtts[rows] = t - t_send;
         rows++;
-        if (sends_left == 0 || t >= until || rows == cap) {
+        if (sends_left == 0) {
             *why = SOLO_SETTLED;
             return rows;
         }
@@ -131,14 +139,21 @@ long msgprof_solo_run(void *sock, const uint8_t *data_prefix, const uint8_t *ack
         put_be(header + 12, wire_seq, 8);
         t_send = now_ns();
         put_be(header + 20, (uint64_t)t_send, 8);
-        if (zmq_send(sock, header, HEADER, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-            *why = SOLO_SETTLED; /* nothing went: the loop sends it, or learns why it cannot */
+        int e = send_now(sock, header, HEADER, 1);
+        if (e != 0) { /* nothing went: the loop sends it again, or learns why it cannot */
+            *why = e == EAGAIN ? SOLO_SETTLED : SOLO_ERROR;
+            *err = e;
             return rows;
         }
         *t_next = t_send;
         sends_left--;
-        if (zmq_send(sock, payload, payload_size, ZMQ_DONTWAIT) < 0) {
-            *why = SOLO_REFUSED;
+        if ((e = send_now(sock, payload, payload_size, 0)) != 0) {
+            *why = e == EAGAIN ? SOLO_REFUSED : SOLO_ERROR;
+            *err = e;
+            return rows;
+        }
+        if (t >= until || rows == cap) {
+            *why = SOLO_PAUSED;
             return rows;
         }
     }
