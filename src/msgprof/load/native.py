@@ -33,7 +33,7 @@ SOURCE = Path(__file__).with_name("solo_native.c")
 #: How it is compiled (with the source and libzmq's path, the key of a build).
 FLAGS = ("-O2", "-Wall", "-shared", "-fPIC")
 #: msgprof_solo_run's reasons to return (enum in solo_native.c).
-SETTLED, PAUSED, TIMEOUT, ODD, ODD_TAIL, REFUSED, ERROR = range(7)
+SETTLED, TIMEOUT, ODD, ODD_TAIL, REFUSED, ERROR = range(6)
 #: Builds of other sources left in the cache this long are removed by the next build.
 STALE_S = 86_400
 

@@ -37,12 +37,11 @@ int zmq_errno(void);
 /* Why msgprof_solo_run returned. */
 enum {
     SOLO_SETTLED = 0,   /* the last reply was an OK ACK and no next message was sent */
-    SOLO_PAUSED = 1,    /* OK ACKs up to `until` or `cap`, and the next message is in flight */
-    SOLO_TIMEOUT = 2,   /* no reply within the socket's receive timeout (or a signal) */
-    SOLO_ODD = 3,       /* a reply other than the one expected: its first frame is in `odd` */
-    SOLO_ODD_TAIL = 4,  /* echo: the header expected, then a frame in `odd` and more after it */
-    SOLO_REFUSED = 5,   /* the next message's payload frame was refused (its header went) */
-    SOLO_ERROR = 6      /* libzmq failed; *err holds its errno */
+    SOLO_TIMEOUT = 1,   /* no reply within the socket's receive timeout (or a signal) */
+    SOLO_ODD = 2,       /* a reply other than the one expected: its first frame is in `odd` */
+    SOLO_ODD_TAIL = 3,  /* echo: the header expected, then a frame in `odd` and more after it */
+    SOLO_REFUSED = 4,   /* the next message's payload frame was refused (its header went) */
+    SOLO_ERROR = 5      /* libzmq failed; *err holds its errno */
 };
 
 static int64_t now_ns(void) {
@@ -75,10 +74,12 @@ static int send_now(void *sock, const void *buf, size_t len, int more) {
 
 /* Await the reply to the message in flight (`wire_seq`, sent at `t_send` with DATA header
    `data_prefix` + echo); on its OK ACK (`echo`: its header back, and one frame more, whatever
-   it holds) record the round trip and, while `sends_left` > 0, send the next seq, until a reply
-   comes at or after `until` or `cap` rows are taken. Returns the rows recorded (t_sends[i],
-   rtts[i] for wire_seq + i) and sets *why; *t_last is the clock at the last reply taken,
-   *t_next the send time of a message sent and not yet answered (0 if none). */
+   it holds) record the round trip and send the next seq, until the reply to the last one
+   (`sends_left` 0) or a reply at or after `until` is taken, or `cap` rows are. Then nothing is
+   sent: the loop settles the rows first, outside every round trip, and sends the next itself.
+   Returns the rows recorded (t_sends[i], rtts[i] for wire_seq + i) and sets *why; *t_last is
+   the clock at the last reply taken, *t_next the send time of a message sent and not yet
+   answered (0 if none). */
 int64_t msgprof_solo_run(void *sock, const uint8_t *data_prefix, const uint8_t *ack_prefix,
                          int echo, uint32_t client_id, uint64_t wire_seq, int64_t t_send,
                          int64_t sends_left, uint8_t *payload, size_t payload_size,
@@ -127,7 +128,7 @@ int64_t msgprof_solo_run(void *sock, const uint8_t *data_prefix, const uint8_t *
         t_sends[rows] = t_send;
         rtts[rows] = t - t_send;
         rows++;
-        if (sends_left == 0) {
+        if (sends_left == 0 || t >= until || rows == cap) {
             *why = SOLO_SETTLED;
             return rows;
         }
@@ -150,10 +151,6 @@ int64_t msgprof_solo_run(void *sock, const uint8_t *data_prefix, const uint8_t *
         if ((e = send_now(sock, payload, payload_size, 0)) != 0) {
             *why = e == EAGAIN ? SOLO_REFUSED : SOLO_ERROR;
             *err = e;
-            return rows;
-        }
-        if (t >= until || rows == cap) {
-            *why = SOLO_PAUSED;
             return rows;
         }
     }
