@@ -32,10 +32,10 @@ refuses a DATA frame as reply). The C client has no interpreter in its timing, s
 `client/C p50` = msgprof client p50 / C client p50 against the same server says what msgprof's
 generator adds to an RTT (its one-client loop runs compiled where the host builds it,
 msgprof.load.native; the line under the table says in how many runs it did). The minimal pyzmq
-client (benchmarks/minimal_pyzmq_client.py: the C
-client's loop in Python, sharing no code with msgprof) takes its turns beside them: `pyzmq/C p50`
-is what any client on pyzmq adds, so client/C over pyzmq/C is msgprof's own share. Without cc
-or zmq.h those columns and the proxy row are skipped with the reason printed.
+client (benchmarks/minimal_pyzmq_client.py: the C client's loop in Python, sharing no code with
+msgprof) takes its turns beside them: `pyzmq/C p50` is what any client on pyzmq adds, so
+client/C over pyzmq/C is msgprof's own share. Without cc or zmq.h those columns and the proxy
+row are skipped with the reason printed.
 
 A target's 1-client RTT comes from one server process and --rtt-runs short runs (the
 --rtt-messages split between them), msgprof client, C client and minimal pyzmq client taking

@@ -32,7 +32,8 @@ fi
 # A process of one client runs its round trips compiled (msgprof.load.native): a C compiler
 # builds them once per host. As root, install one if there is none; then build ahead of the
 # first run. Without one, that loop runs in Python (a warning says so).
-if ! command -v "${CC:-cc}" > /dev/null && [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null; then
+cc=${CC:-cc}
+if ! command -v "${cc%% *}" > /dev/null && [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null; then
   echo "bootstrap: installing a C compiler (gcc)" >&2
   apt-get update -qq && apt-get install -y -qq --no-install-recommends gcc libc6-dev > /dev/null
 fi

@@ -52,8 +52,8 @@ _SETTINGS_COMMANDS = (
         "(docs/measurement.md). A process of one closed-loop client runs its round trips in "
         "a compiled loop, built once per host with the C compiler (MSGPROF_NATIVE=0 keeps it "
         "in Python; client.json's solo_loop says which ran). Writes rtt.parquet, "
-        "clients.parquet, latency.hlog and client.json to --out. SIGTERM or SIGINT ends the run early; the outputs are still "
-        "written.",
+        "clients.parquet, latency.hlog and client.json to --out. SIGTERM or SIGINT ends the "
+        "run early; the outputs are still written.",
         "examples:\n"
         "  msgprof client --endpoint tcp://127.0.0.1:5555 --client-ids 1-100 --messages 1000 "
         "--out /tmp/c\n"

@@ -124,7 +124,7 @@ class Loop:
         self.precise = False
         #: A process of one client may wait for its reply in libzmq (msgprof.load.solo).
         self.solo = n == 1
-        self.solo_path: str | None = None  # how it waited: 'native' or 'python' (solo.path)
+        self.solo_path: str | None = None  # its loop: 'native' or 'python' (solo.path)
         #: The DEALERs' high-water marks: room for the whole in-flight window, twice over.
         self.hwm = max(HWM, 2 * config.max_in_flight)
         #: How a reply is read: an ACK, or in echo mode the request sent back (chosen once).

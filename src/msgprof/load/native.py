@@ -1,13 +1,14 @@
 """The compiled one-client loop (solo_native.c): built once per host, loaded through ctypes.
 
-A Python client on pyzmq adds about 7% to a round trip on a 2-core host over a C client against
+A Python client on pyzmq adds 6-11% to a round trip on a 2-core host over a C client against
 the same server, and msgprof's bookkeeping around each message more (docs/performance.md): so a
 process of one client, whose RTTs are the floor a report compares against, runs its closed loop
 in C. The shared library is built with the host's C compiler (``$CC`` or ``cc``) against the
-libzmq that pyzmq loaded into this process, into a cache directory keyed by a hash of the source
-and that libzmq, so each host builds it once (``python -m msgprof.load.native`` does it ahead;
-tools/bootstrap.sh calls that). Without a compiler, or with ``MSGPROF_NATIVE=0``, `load` returns
-None and the loop stays in Python (msgprof.load.solo): client.json's ``solo_loop`` tells which.
+libzmq that pyzmq loaded into this process, into a cache directory keyed by a hash of the source,
+that libzmq and the flags, so each host builds it once (``python -m msgprof.load.native`` does
+it ahead; tools/bootstrap.sh calls that). Without a compiler, or with ``MSGPROF_NATIVE=0``,
+`load` returns None and the loop stays in Python (msgprof.load.solo): client.json's
+``solo_loop`` tells which.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import zmq  # noqa: F401  (maps the libzmq the library is built against)
 
@@ -40,8 +42,8 @@ STALE_S = 86_400
 #: time.perf_counter_ns's clock, which the C loop reads for the rows it measures.
 _MONOTONIC = "clock_gettime(CLOCK_MONOTONIC)"
 _lock = threading.Lock()
-_loaded: dict[str, ctypes.CDLL | None] = {}
-_why_not: dict[str, str] = {}
+#: Once per process: "lib", what load() found (None: nothing), and "why" not, if so.
+_loaded: dict[str, Any] = {}
 
 
 class ZmqMsg(ctypes.Structure):
@@ -72,6 +74,7 @@ def cache_dir() -> Path:
 
 
 def library_path(libzmq: Path) -> Path:
+    """Where the build for this source, `libzmq` and FLAGS is kept."""
     built_from = [SOURCE.read_bytes(), str(libzmq).encode(), " ".join(FLAGS).encode()]
     key = hashlib.sha256(b"\0".join(built_from)).hexdigest()[:16]
     return cache_dir() / f"solo-{key}.so"
@@ -107,9 +110,8 @@ def build(libzmq: Path, target: Path) -> None:
 
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
-    i64p, u8p = ctypes.POINTER(ctypes.c_int64), ctypes.c_char_p
+    i64p, u8p, int_p = ctypes.POINTER(ctypes.c_int64), ctypes.c_char_p, ctypes.POINTER(ctypes.c_int)
     run = lib.msgprof_solo_run
-    int_p = ctypes.POINTER(ctypes.c_int)
     run.argtypes = [
         ctypes.c_void_p, u8p, u8p, ctypes.c_int, ctypes.c_uint32, ctypes.c_uint64,  # sock .. seq
         ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_size_t,  # t_send .. payload
@@ -145,14 +147,14 @@ def load() -> ctypes.CDLL | None:
                 build(libzmq, target)
                 lib = _bind(ctypes.CDLL(str(target)))
         except OSError as err:
-            _why_not["lib"] = str(err)
+            _loaded["why"] = str(err)
         _loaded["lib"] = lib
         return lib
 
 
 def why_not() -> str:
     """Why load() returned None ('' if it did not)."""
-    return _why_not.get("lib", "")
+    return _loaded.get("why", "")
 
 
 def take_frame(lib: ctypes.CDLL, msg: ZmqMsg) -> bytes:

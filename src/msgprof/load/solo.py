@@ -52,15 +52,14 @@ def path(loop: Loop) -> str:
     or no library); chosen on first use, which builds the library if this host has none yet:
     `run_clients` asks before the run's clock starts."""
     if loop.solo_path is None:
-        native_ok = not loop.resend_mode
-        if native_ok and native.load() is None:
-            native_ok = False
+        lib = None if loop.resend_mode else native.load()
+        if lib is None and not loop.resend_mode:
             logging.getLogger("msgprof.client").warning(
                 "one-client loop in Python (RTTs ~5-10%% longer): %s", native.why_not()
             )
-        loop.solo_path = "native" if native_ok else "python"
-        if native_ok:
-            _calls[loop] = _Call(loop.config.payload_bytes)
+        loop.solo_path = "python" if lib is None else "native"
+        if lib is not None:
+            _calls[loop] = _Call(lib, loop.config.payload_bytes)
     return loop.solo_path
 
 
@@ -98,7 +97,8 @@ def receive_python(loop: Loop, until: int) -> None:
 class _Call:
     """The compiled loop's arguments and results for one client's batch of round trips."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, lib: ctypes.CDLL, size: int) -> None:
+        self.lib = lib
         self.t_sends = (ctypes.c_int64 * BATCH)()
         self.rtts = (ctypes.c_int64 * BATCH)()
         self.t_last, self.t_next = ctypes.c_int64(), ctypes.c_int64()
@@ -113,8 +113,9 @@ _calls: weakref.WeakKeyDictionary[Loop, _Call] = weakref.WeakKeyDictionary()
 
 def receive_native(loop: Loop, until: int) -> None:
     """As receive_python, the round trips in solo_native.c; what it measured is settled here."""
-    lib, sock, call = native.load(), loop.socks[0], _calls[loop]
-    assert lib is not None and sock is not None
+    sock, call = loop.socks[0], _calls[loop]
+    lib = call.lib
+    assert sock is not None
     echo = int(loop.config.echo)
     while not loop.done[0] and loop.inflight[0]:
         seq = loop.inflight[0]
